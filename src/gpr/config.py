@@ -1,0 +1,178 @@
+"""Configuration: pydantic models, YAML presets (tiny/small/base/large), file + CLI overrides.
+
+A config is built as: defaults <- preset YAML <- user YAML file (which may name a preset) <- CLI
+`--set section.field=value` overrides. Unknown or ill-typed fields raise GprInputError naming the
+field, so the CLI exits 2 before anything is written.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gpr.errors import GprInputError
+
+PRESETS = ("tiny", "small", "base", "large")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class WorldConfig(_Strict):
+    """The simulated ad world (docs/world.md explains every field)."""
+
+    n_users: int = Field(5000, ge=10)
+    n_organic: int = Field(20000, ge=10)
+    n_ads: int = Field(3000, ge=10)
+    n_advertisers: int = Field(300, ge=1)
+    n_days: int = Field(14, ge=3)
+    valid_days: int = Field(1, ge=1)
+    test_days: int = Field(1, ge=1)
+    # latent space and taxonomy
+    latent_dim: int = Field(32, ge=4)
+    embed_dim: int = Field(64, ge=4)
+    n_categories: int = Field(12, ge=2, le=12)
+    n_subtopics: int = Field(8, ge=1, le=8)
+    subtopic_noise: float = Field(0.8, ge=0)
+    item_noise: float = Field(0.6, ge=0)
+    embed_noise: float = Field(0.15, ge=0)
+    ad_embed_offset: float = Field(0.1, ge=0)
+    # ads
+    ads_initial_share: float = Field(0.7, gt=0, le=1)
+    margin_low: float = Field(0.1, gt=0)
+    margin_high: float = Field(0.4, gt=0)
+    targeted_share: float = Field(0.4, ge=0, le=1)
+    quality_sd: float = Field(0.3, ge=0)
+    min_lifespan_days: int = Field(3, ge=1)
+    budget_conversions: float = Field(0.3, gt=0)
+    budget_sigma: float = Field(1.0, ge=0)
+    # users and sessions
+    tier_probs: tuple[float, float, float] = (0.55, 0.33, 0.12)
+    sessions_per_day: tuple[float, float, float] = (0.5, 2.0, 6.0)
+    extra_interests_mean: float = Field(1.2, ge=0)
+    max_interests: int = Field(4, ge=1, le=4)
+    user_offset_norm: float = Field(0.3, ge=0)
+    drift_prob: float = Field(0.05, ge=0, le=1)
+    demographic_shift: float = Field(0.7, ge=0)
+    views_per_session: float = Field(8.0, ge=1)
+    max_views_per_session: int = Field(40, ge=1)
+    views_per_request: float = Field(4.0, ge=1)
+    max_slots: int = Field(5, ge=1)
+    organic_temperature: float = Field(4.0, ge=0)
+    # hidden ground-truth response
+    ctr_bias: float = -5.3
+    ctr_session: float = 2.0
+    ctr_long: float = 1.0
+    ctr_slot: float = 0.35
+    scene_bias: tuple[float, float, float] = (0.0, -0.3, -0.6)
+    device_bias: tuple[float, float, float] = (0.0, 0.1, -0.2)
+    cvr_bias: float = -3.2
+    cvr_long: float = 1.2
+    cvr_quality_sd: float = Field(0.3, ge=0)
+    # the logging cascade
+    retrieval_k: int = Field(200, ge=1)
+    profile_lag_days: int = Field(3, ge=0)
+    profile_noise: float = Field(0.3, ge=0)
+    explore_share: float = Field(0.05, ge=0, le=1)
+    rank_noise: float = Field(0.5, ge=0)
+    reserve_share: float = Field(0.1, ge=0, le=1)
+    budget_chunk: int = Field(512, ge=1)
+
+
+class TokenizerConfig(_Strict):
+    """Semantic-ID tokenizers (RQ-Kmeans, RQ-VAE, RQ-Kmeans+)."""
+
+    method: Literal["rq_kmeans", "rq_vae", "rq_kmeans_plus"] = "rq_kmeans_plus"
+    levels: int = Field(3, ge=1, le=8)
+    codebook_size: int = Field(256, ge=2)
+    latent_dim: int = Field(32, ge=2)
+    hidden_dims: list[int] = [256, 128]
+    beta: float = Field(0.25, ge=0)
+    epochs: int = Field(50, ge=0)
+    batch_size: int = Field(1024, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    kmeans_iters: int = Field(25, ge=1)
+    balanced: bool = False
+    device: str = "auto"
+
+
+class GprConfig(_Strict):
+    preset: Literal["tiny", "small", "base", "large"] = "small"
+    seed: int = 7
+    world: WorldConfig = Field(default_factory=WorldConfig)
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+
+
+def _preset_dict(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise GprInputError(
+            f"unknown preset '{name}' (choose from {', '.join(PRESETS)})", field="preset"
+        )
+    text = resources.files("gpr.configs").joinpath(f"{name}.yaml").read_text()
+    data = yaml.safe_load(text) or {}
+    data["preset"] = name
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise GprInputError(f"override '{item}' is not of the form section.field=value", field=item)
+    key, raw = item.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw)
+
+
+def load_config(
+    preset: str | None = None,
+    file: str | Path | None = None,
+    overrides: list[str] | None = None,
+    seed: int | None = None,
+) -> GprConfig:
+    """Build a validated config. Precedence: overrides > seed > file > preset > defaults."""
+    data: dict[str, Any] = {}
+    user: dict[str, Any] = {}
+    if file is not None:
+        path = Path(file)
+        if not path.exists():
+            raise GprInputError("config file not found", file=path)
+        try:
+            user = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise GprInputError(f"invalid YAML: {e}", file=path) from None
+        if not isinstance(user, dict):
+            raise GprInputError("config must be a mapping", file=path)
+    name = preset or user.get("preset") or "small"
+    data = _merge(_preset_dict(str(name)), user)
+    data["preset"] = name
+    if seed is not None:
+        data["seed"] = seed
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        node = data
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise GprInputError(f"'{k}' is not a section", field=".".join(keys))
+        node[keys[-1]] = value
+    try:
+        return GprConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        raise GprInputError(
+            f"{err['msg']} (got {err.get('input')!r})", file=file, field=loc
+        ) from None

@@ -1,0 +1,103 @@
+"""Atomic outputs, Parquet with schema checks, JSON manifests and content hashes."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gpr.errors import GprInputError
+
+
+@contextlib.contextmanager
+def atomic_dir(out: str | Path, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temp dir beside `out`; on success it replaces `out`, on error it is removed."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if out.exists():
+        if not overwrite:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise GprInputError("output exists; pass --overwrite", file=out)
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(out)
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    """Write a text file through a temp file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: str | Path, obj: Mapping[str, Any]) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise GprInputError("file not found", file=path)
+    try:
+        obj = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise GprInputError(f"invalid JSON: {e.msg}", file=path, row=e.lineno) from None
+    if not isinstance(obj, dict):
+        raise GprInputError("expected a JSON object", file=path)
+    return obj
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def write_parquet(path: str | Path, table: pa.Table) -> None:
+    """Deterministic Parquet: fixed compression, no statistics that vary between runs."""
+    pq.write_table(table, str(path), compression="zstd", row_group_size=1 << 20)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def content_hash(paths: list[Path]) -> str:
+    """One hash over several files, in the given order (names included)."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(p.name.encode())
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()

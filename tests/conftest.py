@@ -1,0 +1,43 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpr.config import load_config
+from gpr.world import generate_world
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip(f"shared data not found at {SHARED}")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("world") / "tiny"
+    cfg = load_config("tiny")
+    generate_world(cfg.world, cfg.seed, out, "tiny")
+    return out
+
+
+@pytest.fixture(scope="session")
+def stat_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bigger tiny world for statistical checks (a few seconds)."""
+    out = tmp_path_factory.mktemp("world") / "stat"
+    cfg = load_config("tiny", overrides=["world.n_users=1500", "world.n_days=5"])
+    generate_world(cfg.world, cfg.seed, out, "tiny")
+    return out
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gpr.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT
+    )

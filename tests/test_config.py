@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gpr.config import PRESETS, load_config
+from gpr.errors import GprInputError
+
+
+@pytest.mark.parametrize("name", PRESETS)
+def test_presets_validate(name: str) -> None:
+    cfg = load_config(name)
+    assert cfg.preset == name
+
+
+def test_preset_sizes_grow() -> None:
+    sizes = [load_config(p).world.n_users for p in PRESETS]
+    assert sizes == sorted(sizes) and sizes[0] == 200 and sizes[1] == 5000
+
+
+def test_file_names_a_preset_and_overrides_win(tmp_path: Path) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text("preset: tiny\nseed: 3\nworld:\n  n_users: 321\n")
+    cfg = load_config(file=f)
+    assert (cfg.preset, cfg.seed, cfg.world.n_users, cfg.world.n_ads) == ("tiny", 3, 321, 400)
+    cfg = load_config(file=f, overrides=["world.n_users=99"], seed=5)
+    assert (cfg.world.n_users, cfg.seed) == (99, 5)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        ("world:\n  n_userz: 3\n", "world.n_userz"),
+        ("world:\n  n_users: many\n", "world.n_users"),
+        ("world:\n  n_users: 1\n", "world.n_users"),
+        ("tokenizer:\n  method: magic\n", "tokenizer.method"),
+    ],
+)
+def test_bad_fields_are_named(tmp_path: Path, text: str, field: str) -> None:
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(GprInputError) as e:
+        load_config(file=f)
+    assert e.value.field == field and str(f) in str(e.value)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(GprInputError, match="unknown preset"):
+        load_config("huge")
+    f = tmp_path / "bad.yaml"
+    f.write_text("world: [1, 2\n")
+    with pytest.raises(GprInputError, match="invalid YAML"):
+        load_config(file=f)
