@@ -49,6 +49,7 @@ class WorldConfig(_Strict):
     targeted_share: float = Field(0.4, ge=0, le=1)
     quality_sd: float = Field(0.3, ge=0)
     min_lifespan_days: int = Field(3, ge=1)
+    max_lifespan_days: int = Field(120, ge=1)
     budget_conversions: float = Field(0.3, gt=0)
     budget_sigma: float = Field(1.0, ge=0)
     # users and sessions
@@ -79,7 +80,7 @@ class WorldConfig(_Strict):
     profile_lag_days: int = Field(3, ge=0)
     profile_noise: float = Field(0.3, ge=0)
     explore_share: float = Field(0.05, ge=0, le=1)
-    rank_noise: float = Field(0.5, ge=0)
+    rank_noise: float = Field(0.2, ge=0)
     reserve_share: float = Field(0.1, ge=0, le=1)
     budget_chunk: int = Field(512, ge=1)
 

@@ -119,12 +119,16 @@ def make_catalog(cfg: WorldConfig, sub_centroid: np.ndarray, rng: np.random.Gene
     target_ages = np.where(targeted, ages, ALL_AGES)
     target_regions = np.where(targeted, regions, ALL_REGIONS)
     target_gender = np.where(targeted, gender, -1)
+    # lifetimes ~ log-uniform(min, max) days, ads arriving at a steady rate. The ads alive on day 0
+    # are a stationary snapshot: length-biased lifetimes (log-uniform x L = uniform) met at a
+    # uniform age, so the live inventory stays roughly constant over the horizon.
+    lo, hi = cfg.min_lifespan_days, cfg.max_lifespan_days
     initial = rng.random(n_ads) < cfg.ads_initial_share
-    created = np.where(
-        initial, -rng.integers(0, 30, size=n_ads), rng.integers(1, cfg.n_days, size=n_ads)
-    )
-    span = np.exp(rng.uniform(np.log(cfg.min_lifespan_days), np.log(2 * cfg.n_days), size=n_ads))
-    end = np.where(initial, np.ceil(span), created + np.ceil(span)).astype(np.int64)
+    span_new = np.exp(rng.uniform(np.log(lo), np.log(hi), size=n_ads))
+    span = np.ceil(np.where(initial, rng.uniform(lo, hi, size=n_ads), span_new)).astype(np.int64)
+    age = np.floor(rng.random(n_ads) * span).astype(np.int64) + 1
+    created = np.where(initial, 1 - age, rng.integers(1, cfg.n_days, size=n_ads))
+    end = created + span
     quality = rng.normal(0.0, cfg.quality_sd, size=n_ads)
     q_conv = rng.normal(0.0, cfg.cvr_quality_sd, size=n_ads)
     titles = _titles(cfg, subtopic, advertiser, rng)
