@@ -130,6 +130,106 @@ def data_summary(data: Annotated[Path, typer.Argument(help="dataset directory")]
     Console().print(table)
 
 
+@app.command("embed")
+def embed_cmd(
+    data: Annotated[Path, typer.Option("--data", help="dataset directory")],
+    batch_size: int = 256,
+    device: str = "cpu",
+    force: Annotated[bool, typer.Option("--force", help="re-embed even if cached")] = False,
+) -> None:
+    """Item embeddings: the world's content embeddings, or MiniLM over item text (cached)."""
+    from gpr.tokenizer.embed import embed_items
+
+    res = embed_items(data, batch_size=batch_size, device=device, force=force)
+    m = res.meta
+    console.print(
+        f"{m['n_items']} items x {m['dim']} ({m['source']}: {m['model']}) -> {data}/embeddings"
+    )
+
+
+@app.command("tokenize")
+def tokenize_cmd(
+    data: Annotated[Path, typer.Option("--data", help="dataset directory")],
+    out: Annotated[Path, typer.Option("--out", help="output directory (TOK)")],
+    method: Annotated[
+        str | None, typer.Option("--method", help="rq_kmeans | rq_vae | rq_kmeans_plus")
+    ] = None,
+    compare: Annotated[bool, typer.Option("--compare", help="run all three methods")] = False,
+    preset: PresetOpt = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Semantic IDs for every item (sids.parquet, tokenizer weights, metrics.json)."""
+    from gpr.tokenizer.pipeline import compare_table, run_compare, run_tokenize
+
+    extra = [f"tokenizer.method={method}"] if method is not None else []
+    cfg = _config(preset, config, [*(sets or []), *extra], seed)
+    if compare:
+        rows = run_compare(data, cfg, out)
+        typer.echo(compare_table(rows))
+    else:
+        _print_json(run_tokenize(data, cfg, out))
+
+
+@app.command("train")
+def train_cmd(
+    data: Annotated[Path, typer.Option("--data", help="dataset directory")],
+    out: Annotated[Path, typer.Option("--out", help="run directory")],
+    model: Annotated[str, typer.Option("--model", help="gpr | hstu | cascade")] = "gpr",
+    sids: Annotated[Path | None, typer.Option("--sids", help="tokenizer output (TOK)")] = None,
+    preset: PresetOpt = None,
+    seed: SeedOpt = None,
+    config: ConfigOpt = None,
+    sets: SetOpt = None,
+) -> None:
+    """Train a model; periodic validation, early stopping, safetensors checkpoints, loss plot."""
+    cfg = _config(preset, config, sets, seed)
+    if model == "cascade":
+        from gpr.train.cascade.train import train_cascade
+
+        _print_json(train_cascade(data, cfg, cfg.seed, out))
+        return
+    from gpr.train.mtp import MODELS, train
+
+    if model not in MODELS:
+        raise GprInputError(
+            f"unknown model '{model}' (choose from {', '.join((*MODELS, 'cascade'))})",
+            field="model",
+        )
+    if sids is None:
+        raise GprInputError("--sids TOK is required for generative models", field="sids")
+    summary = train(data, sids, cfg, out, model)
+    _print_json({k: summary[k] for k in ("model", "best", "epochs_run", "seconds", "parameters")})
+
+
+@app.command("eval")
+def eval_cmd(
+    run: Annotated[Path, typer.Option("--run", help="run directory")],
+    out: Annotated[Path | None, typer.Option("--out", help="write the metrics JSON here")] = None,
+    split: str = "test",
+    beam: int | None = None,
+    limit: Annotated[
+        int | None, typer.Option("--limit", help="evaluate at most N predictions")
+    ] = None,
+) -> None:
+    """Retrieval metrics (Recall/NDCG@5,10, HitRate@100) of a trained generative run."""
+    from gpr.io import read_json, write_json
+
+    info = read_json(run / "run.json")
+    if info.get("model") == "cascade":
+        from gpr.train.cascade.train import evaluate_ranking
+
+        res = evaluate_ranking(run, Path(info["data"]), split)
+    else:
+        from gpr.train.mtp import evaluate_run
+
+        res = evaluate_run(run, split, beam=beam, limit=limit)
+    if out is not None:
+        write_json(out, res)
+    _print_json(res)
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out")] = Path("out/demo"),

@@ -102,11 +102,51 @@ class TokenizerConfig(_Strict):
     device: str = "auto"
 
 
+class ModelConfig(_Strict):
+    """The HHD (and the HSTU baseline: every component off, one head)."""
+
+    d_model: int = Field(128, ge=8)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    dropout: float = Field(0.1, ge=0, lt=1)
+    max_len: int = Field(128, ge=8)
+    hybrid_attention: bool = True
+    token_aware_ln: bool = True
+    token_aware_ffn: bool = True
+    mor_extra: int = Field(2, ge=0, le=3)
+    thinking_tokens: int = Field(4, ge=0)
+    refining: bool = True
+    refine_steps: int = Field(4, ge=1)
+    hte: bool = True
+    decoder_layers: int = Field(1, ge=1)
+    recent_window: int = Field(16, ge=1)
+    mtp_heads: int = Field(4, ge=1)
+    mtp_weights: list[float] | None = None
+    diffusion_weight: float = Field(0.1, ge=0)
+    hte_weight: float = Field(0.5, ge=0)
+
+
+class TrainConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_steps: int = Field(100, ge=0)
+    patience: int = Field(3, ge=1)
+    eval_every: int = Field(1, ge=1)
+    beam: int = Field(100, ge=1)
+    max_eval_requests: int | None = None
+    device: str = "auto"
+    threads: int | None = None
+
+
 class GprConfig(_Strict):
     preset: Literal["tiny", "small", "base", "large"] = "small"
     seed: int = 7
     world: WorldConfig = Field(default_factory=WorldConfig)
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
 
 
 def _preset_dict(name: str) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""The Heterogeneous Hierarchical Decoder: HSD (understanding), PTD (generation), HTE (value)."""

@@ -1,0 +1,197 @@
+"""The GPR model: HSD -> intent h_p -> PTD (per MTP head) -> semantic-ID path; HTE values.
+
+Every component can be switched off in `ModelConfig`, so the HSTU baseline is this model with
+causal attention, shared norms/FFN, no recursion, no thinking/refining, no HTE and one head.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gpr.config import ModelConfig
+from gpr.model.embed import TokenEmbedding
+from gpr.model.hsd import HSD
+from gpr.model.hte import HTE
+from gpr.model.journey import Batch
+from gpr.model.masks import causal_mask, hybrid_mask
+from gpr.model.ptd import PTD, masked_log_softmax
+from gpr.model.trie import Trie
+
+
+class GPRModel(nn.Module):
+    mtp_w: torch.Tensor
+
+    def __init__(self, cfg: ModelConfig, levels: int, codebook_size: int, dedup_size: int) -> None:
+        super().__init__()
+        d = cfg.d_model
+        self.cfg = cfg
+        self.levels = levels
+        self.level_sizes = [codebook_size] * levels + [dedup_size]
+        self.embed = TokenEmbedding(d, levels, codebook_size, cfg.max_len)
+        self.hsd = HSD(
+            d,
+            cfg.layers,
+            cfg.heads,
+            cfg.dropout,
+            cfg.token_aware_ln,
+            cfg.token_aware_ffn,
+            cfg.mor_extra,
+        )
+        self.ptd = PTD(
+            d,
+            cfg.heads,
+            cfg.mtp_heads,
+            cfg.thinking_tokens,
+            cfg.refining,
+            cfg.refine_steps,
+            cfg.decoder_layers,
+            self.level_sizes,
+            cfg.dropout,
+        )
+        self.hte = HTE(d, levels) if cfg.hte else None
+        w = torch.tensor(cfg.mtp_weights or [1.0] * cfg.mtp_heads, dtype=torch.float)
+        self.register_buffer("mtp_w", w / w.sum())
+
+    # --- user understanding -------------------------------------------------------------------
+    def encode(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Intent h_p (P, d) at each prediction position and its recent context (P, W, d) + mask."""
+        mask = hybrid_mask(b.ttype) if self.cfg.hybrid_attention else causal_mask(b.ttype)
+        hid = self.hsd(self.embed(b), b.ttype.clamp(min=0), mask)
+        w = self.cfg.recent_window
+        idx = b.pred_t.unsqueeze(1) - torch.arange(w, device=hid.device).unsqueeze(0)  # (P, W)
+        ok = idx >= 0
+        rows = b.pred_b.unsqueeze(1).expand_as(idx)
+        ok &= b.ttype[rows, idx.clamp(min=0)] >= 0
+        ctx = hid[rows, idx.clamp(min=0)]
+        return hid[b.pred_b, b.pred_t], ctx, ok
+
+    def code_inputs(self, codes: torch.Tensor) -> torch.Tensor:
+        """(N, m) codes of levels 1..m (m <= L) -> (N, m, d) decoder inputs."""
+        k = self.level_sizes[0]
+        embs = [self.embed.codes[lv](codes[:, lv].clamp(0, k)) for lv in range(codes.shape[1])]
+        return (
+            torch.stack(embs, dim=1)
+            if embs
+            else codes.new_zeros(codes.shape[0], 0, self.cfg.d_model, dtype=torch.float)
+        )
+
+    # --- training -----------------------------------------------------------------------------
+    def loss(
+        self, b: Batch, trie: Trie, target_weight: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        h, ctx, ok = self.encode(b)
+        total = h.new_zeros(())
+        out: dict[str, torch.Tensor] = {}
+        n_lv = len(self.level_sizes)
+        for j in range(self.cfg.mtp_heads):
+            paths = b.target_codes[:, j]  # (P, L+1)
+            parents = trie.parents(paths)
+            rows = (parents >= 0).all(dim=1)
+            if not rows.any():
+                continue
+            prefix, cond = self.ptd.prefix(h[rows], ctx[rows], ok[rows], j)
+            p = paths[rows]
+            logits = self.ptd.logits(prefix, self.code_inputs(p[:, : n_lv - 1]))
+            nll = h.new_zeros(int(rows.sum()))
+            for lv, lg in enumerate(logits):
+                lp = masked_log_softmax(lg, trie.legal(lv, parents[rows, lv]))
+                nll = nll - lp.gather(1, p[:, lv : lv + 1]).squeeze(1)
+            w = target_weight[rows, j] if target_weight is not None else torch.ones_like(nll)
+            head_loss = (nll * w).sum() / w.sum().clamp(min=1e-8)
+            out[f"gen_{j}"] = head_loss.detach()
+            total = total + self.mtp_w[j] * head_loss
+            if j == 0 and self.ptd.refiner is not None:
+                target = F.layer_norm(self.embed.item(p[:, : self.levels]).detach(), (h.shape[-1],))
+                diff = self.ptd.refiner.loss(target, cond)
+                out["diffusion"] = diff.detach()
+                total = total + self.cfg.diffusion_weight * diff
+        if self.hte is not None:
+            shown = (b.shown_action >= 0) & (b.target_codes[:, 0, 0] >= 0)
+            if shown.any():
+                pre = self.embed.prefix(b.target_codes[shown, 0, : self.levels].clamp(min=0))
+                v = self.hte(h[shown], pre)
+                click = (b.shown_action[shown] >= 1).float()
+                hte = F.binary_cross_entropy_with_logits(
+                    v["value"], click.unsqueeze(1).expand_as(v["value"])
+                )
+                hte = hte + F.binary_cross_entropy_with_logits(v["ctr"], click)
+                clicked = click > 0
+                if clicked.any():
+                    conv = (b.shown_action[shown][clicked] == 2).float()
+                    hte = hte + F.binary_cross_entropy_with_logits(v["cvr"][clicked], conv)
+                out["hte"] = hte.detach()
+                total = total + self.cfg.hte_weight * hte
+        out["loss"] = total
+        return out
+
+    # --- generation ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate(
+        self, b: Batch, trie: Trie, beam: int, eligible: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Trie-constrained beam search for every MTP head; union ranked by log-probability.
+
+        eligible: (P, A) bool over `trie.items` (None = every item). Returns item ids (P, N)
+        (-1 padded, unique per row, best first) and their scores.
+        """
+        h, ctx, ok = self.encode(b)
+        counts = trie.eligible_counts(eligible) if eligible is not None else None
+        items, scores = [], []
+        for j in range(self.cfg.mtp_heads):
+            prefix, _ = self.ptd.prefix(h, ctx, ok, j)
+            it, sc = beam_search(self, prefix, trie, beam, counts)
+            items.append(it)
+            scores.append(sc)
+        return merge_ranked(torch.cat(items, 1), torch.cat(scores, 1), beam)
+
+
+def beam_search(
+    model: GPRModel, prefix: torch.Tensor, trie: Trie, beam: int, counts: list[torch.Tensor] | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batched beam search over the trie levels -> leaf items (P, beam) and log-probs."""
+    p, dev = prefix.shape[0], prefix.device
+    nodes = torch.zeros(p, 1, dtype=torch.long, device=dev)
+    logp = torch.zeros(p, 1, device=dev)
+    codes = torch.zeros(p, 1, 0, dtype=torch.long, device=dev)
+    for lv in range(trie.depth):
+        w = nodes.shape[1]
+        flat_pre = prefix.repeat_interleave(w, dim=0)
+        flat_codes = codes.reshape(p * w, lv)
+        lg = model.ptd.logits(flat_pre, model.code_inputs(flat_codes))[lv]
+        rows = torch.arange(p, device=dev).repeat_interleave(w)
+        legal = trie.legal(lv, nodes.reshape(-1), counts, rows)
+        lp = masked_log_softmax(lg, legal).reshape(p, w, -1)
+        total = (logp.unsqueeze(-1) + lp).reshape(p, -1)
+        total = torch.nan_to_num(total, nan=-torch.inf)
+        k = min(beam, total.shape[1])
+        logp, idx = total.topk(k, dim=1)
+        size = lp.shape[-1]
+        src, code = idx // size, idx % size
+        parent = nodes.gather(1, src)
+        nxt = trie.child[lv][parent.clamp(min=0), code]
+        alive = torch.isfinite(logp) & (parent >= 0)
+        nodes = torch.where(alive, nxt, -1)
+        codes = torch.cat(
+            [codes.gather(1, src.unsqueeze(-1).expand(-1, -1, lv)), code.unsqueeze(-1)], dim=-1
+        )
+    items = torch.where(nodes >= 0, trie.leaf_item[nodes.clamp(min=0)], -1)
+    return items, torch.where(nodes >= 0, logp, -torch.inf)
+
+
+def merge_ranked(
+    items: torch.Tensor, scores: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: unique items keeping each one's best score, sorted best first, first n kept."""
+    order = scores.argsort(dim=1, descending=True)
+    items, scores = items.gather(1, order), scores.gather(1, order)
+    srt, pos = items.sort(dim=1, stable=True)
+    first = torch.ones_like(srt, dtype=torch.bool)
+    first[:, 1:] = srt[:, 1:] != srt[:, :-1]
+    dup = torch.zeros_like(first)
+    dup.scatter_(1, pos, ~first)
+    scores = scores.masked_fill(dup | (items < 0), -torch.inf)
+    order = scores.argsort(dim=1, descending=True)[:, :n]
+    items, scores = items.gather(1, order), scores.gather(1, order)
+    return torch.where(torch.isfinite(scores), items, -1), scores

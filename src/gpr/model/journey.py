@@ -1,0 +1,314 @@
+"""Journeys as model tokens (spec §1.2): U/O/E/I streams per user, windows, batches and targets.
+
+Token fields, per position:
+- ttype: 0 U, 1 O, 2 E, 3 I, -1 padding.
+- codes (L,): semantic-ID path of the O/I item (pad = codebook_size elsewhere).
+- field (4,): E -> scene, slot, device, hour; U -> feature group, value; else 0.
+- action: the I token's outcome (0 impression, 1 click, 2 conversion); else 0.
+
+Prediction positions: an E token whose request showed an ad (the ad world), or every I token that
+has a later I token (public data). Head j's target is the ad of the j-th I token after the
+position (`future` MTP mode); the first is the ad of that very request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpr.data.schema import Dataset
+from gpr.errors import GprInputError
+from gpr.tokenizer.pipeline import read_sids
+
+U, O, E, I = 0, 1, 2, 3
+PAD = -1
+TYPE_CODE = {"U": U, "O": O, "E": E, "I": I}
+SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
+USER_FIELDS = ("age_band", "gender", "region", "activity_tier")
+USER_FIELD_SIZES = (5, 2, 6, 3)
+ENV_SIZES = (3, 6, 3, 24)  # scene, slot (1..5), device, hour
+
+
+@dataclass
+class SidTable:
+    """Semantic IDs indexed by item id. `codes[item]` is (L,), -1 where the item has no SID."""
+
+    codes: np.ndarray
+    dedup: np.ndarray
+    codebook_size: int
+    is_target: np.ndarray  # items that generation may produce (kind == ad)
+
+    @property
+    def levels(self) -> int:
+        return self.codes.shape[1]
+
+    @classmethod
+    def load(cls, tok_dir: str | Path, codebook_size: int | None = None) -> SidTable:
+        table, codes = read_sids(tok_dir)
+        ids = table.column("item_id").to_numpy()
+        n = int(ids.max()) + 1
+        full = np.full((n, codes.shape[1]), -1, dtype=np.int64)
+        full[ids] = codes
+        dedup = np.full(n, -1, dtype=np.int64)
+        dedup[ids] = table.column("dedup").to_numpy()
+        target = np.zeros(n, dtype=bool)
+        target[ids] = table.column("kind").to_numpy(zero_copy_only=False).astype(str) == "ad"
+        k = codebook_size or int(codes.max()) + 1
+        return cls(full, dedup, k, target)
+
+
+@dataclass
+class Journeys:
+    """Every user's token stream, concatenated user after user (CSR by `indptr`)."""
+
+    indptr: np.ndarray  # (n_users + 1,)
+    users: np.ndarray  # (n_users,)
+    ttype: np.ndarray  # (T,)
+    item: np.ndarray
+    field: np.ndarray  # (T, 4)
+    action: np.ndarray
+    day: np.ndarray
+    split: np.ndarray
+    request: np.ndarray
+    n_user_tokens: int  # leading U tokens of every stream (kept by truncation)
+
+    @property
+    def n_users(self) -> int:
+        return len(self.users)
+
+
+def build_journeys(ds: Dataset) -> Journeys:
+    """Group events by user (stable, so each user's events stay in journey order)."""
+    ev_user = ds.col("events", "user_id")
+    ttype = np.vectorize(TYPE_CODE.__getitem__, otypes=[np.int64])(
+        ds.col("events", "token_type").astype(str)
+    )
+    keep = ttype != U  # U tokens are rebuilt from users.parquet, one per known feature group
+    order = np.argsort(ev_user[keep], kind="stable")
+    rows = np.nonzero(keep)[0][order]
+    users_tab = {k: ds.col("users", k) for k in ("user_id", *USER_FIELDS)}
+    known = [f for f in USER_FIELDS if (users_tab[f] >= 0).any()]
+    uid = users_tab["user_id"]
+    n_u = len(known)
+    ev_u = ev_user[rows]
+    user_index = np.searchsorted(uid[np.argsort(uid)], ev_u)
+    uid_sorted = uid[np.argsort(uid)]
+    counts = np.bincount(user_index, minlength=len(uid_sorted)) + n_u
+    indptr = np.r_[0, np.cumsum(counts)]
+    total = int(indptr[-1])
+    body = np.ones(total, dtype=bool)
+    for g in range(n_u):
+        body[indptr[:-1] + g] = False
+    out_t = np.full(total, U, dtype=np.int64)
+    out_item = np.full(total, -1, dtype=np.int64)
+    out_field = np.zeros((total, 4), dtype=np.int64)
+    out_action = np.zeros(total, dtype=np.int64)
+    out_day = np.zeros(total, dtype=np.int64)
+    out_split = np.zeros(total, dtype=np.int64)
+    out_req = np.full(total, -1, dtype=np.int64)
+    out_t[body] = ttype[rows]
+    out_item[body] = ds.col("events", "item_id")[rows]
+    env = np.stack(
+        [ds.col("events", k)[rows].astype(np.int64) for k in ("scene", "slot", "device", "hour")], 1
+    )
+    out_field[body] = np.maximum(env, 0)
+    out_action[body] = np.maximum(ds.col("events", "action")[rows].astype(np.int64), 0)
+    out_day[body] = ds.col("events", "day")[rows]
+    out_split[body] = np.vectorize(SPLIT_CODE.__getitem__, otypes=[np.int64])(
+        ds.col("events", "split")[rows].astype(str)
+    )
+    out_req[body] = ds.col("events", "request_id")[rows]
+    by_id = np.argsort(uid)
+    for g, f in enumerate(known):
+        pos = indptr[:-1] + g
+        out_field[pos, 0] = USER_FIELDS.index(f)
+        out_field[pos, 1] = np.maximum(users_tab[f][by_id], 0)
+        # U tokens take the day and split of the user's first event
+    first_body = np.minimum(indptr[:-1] + n_u, total - 1)
+    for g in range(n_u):
+        out_day[indptr[:-1] + g] = out_day[first_body]
+        out_split[indptr[:-1] + g] = out_split[first_body]
+    return Journeys(
+        indptr, uid_sorted, out_t, out_item, out_field, out_action, out_day, out_split, out_req, n_u
+    )
+
+
+def next_targets(j: Journeys, n_heads: int) -> np.ndarray:
+    """(T, n_heads): item of the h-th I token after each position, same user; -1 if none."""
+    is_i = j.ttype == I
+    rank = np.cumsum(is_i)  # I tokens at or before each position (global)
+    i_pos = np.nonzero(is_i)[0]
+    user_of = np.repeat(np.arange(j.n_users), np.diff(j.indptr))
+    out = np.full((len(j.ttype), n_heads), -1, dtype=np.int64)
+    for h in range(n_heads):
+        k = rank + h  # index into i_pos of the (h+1)-th next I
+        ok = k < len(i_pos)
+        pos = i_pos[np.minimum(k, len(i_pos) - 1)]
+        ok &= user_of[pos] == user_of
+        out[:, h] = np.where(ok, j.item[pos], -1)
+    return out
+
+
+def prediction_mask(j: Journeys, targets: np.ndarray) -> np.ndarray:
+    """Positions that predict: E tokens followed by their own I (ad world), else I tokens."""
+    if (j.ttype == E).any():
+        nxt = np.r_[j.ttype[1:], PAD]
+        nxt_req = np.r_[j.request[1:], -1]
+        return (j.ttype == E) & (nxt == I) & (nxt_req == j.request)
+    return (j.ttype == I) & (targets[:, 0] >= 0)
+
+
+@dataclass
+class Window:
+    user: int  # index into Journeys.users
+    start: int  # absolute token index of the first body token
+    end: int  # exclusive
+    own_from: int  # predictions at absolute positions >= own_from belong to this window
+
+
+def make_windows(j: Journeys, max_len: int, positions: np.ndarray) -> list[Window]:
+    """Cover every wanted prediction position once, each with up to max_len - n_U tokens of context.
+
+    Windows of the body tokens advance by half a window; each owns the positions after the
+    previous window's end, so every prediction sees at least half a window of past.
+    """
+    body = max_len - j.n_user_tokens
+    if body < 2:
+        raise GprInputError(
+            f"max_len {max_len} leaves no room after {j.n_user_tokens} U tokens", field="max_len"
+        )
+    half = max(body // 2, 1)
+    wanted = np.zeros(len(j.ttype), dtype=np.int64)
+    wanted[positions] = 1
+    cum = np.r_[0, np.cumsum(wanted)]
+    out: list[Window] = []
+    for u in range(j.n_users):
+        lo, hi = int(j.indptr[u]) + j.n_user_tokens, int(j.indptr[u + 1])
+        if cum[hi] - cum[lo] == 0:
+            continue
+        s, own = lo, lo
+        while True:
+            e = min(s + body, hi)
+            if cum[e] - cum[own] > 0:
+                out.append(Window(u, s, e, own))
+            if e >= hi:
+                break
+            s, own = s + half, e
+    return out
+
+
+@dataclass
+class Batch:
+    """Padded model inputs for a list of windows, plus the gathered prediction targets."""
+
+    ttype: torch.Tensor  # (B, T) -1 = padding
+    codes: torch.Tensor  # (B, T, L)
+    field: torch.Tensor  # (B, T, 4)
+    action: torch.Tensor  # (B, T)
+    pred_b: torch.Tensor  # (P,)
+    pred_t: torch.Tensor  # (P,)
+    targets: torch.Tensor  # (P, H) item ids, -1 = no target (missing or outside the allowed splits)
+    target_codes: torch.Tensor  # (P, H, L+1) codes + dedup, -1 where no target
+    shown_action: torch.Tensor  # (P,) outcome of the first target (world), -1 if unknown
+    request: torch.Tensor  # (P,) request id of the position (-1 for public data)
+    position: torch.Tensor  # (P,) absolute token index (for bookkeeping)
+
+    def to(self, device: torch.device | str) -> Batch:
+        return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
+
+
+def collate(
+    j: Journeys,
+    windows: list[Window],
+    sids: SidTable,
+    targets: np.ndarray,
+    pred_mask: np.ndarray,
+    allowed_splits: tuple[int, ...],
+    max_len: int,
+) -> Batch:
+    """Pad windows to max_len; targets outside `allowed_splits` are dropped (no label leakage)."""
+    b = len(windows)
+    n_u, L, K = j.n_user_tokens, sids.levels, sids.codebook_size
+    ttype = np.full((b, max_len), PAD, dtype=np.int64)
+    codes = np.full((b, max_len, L), K, dtype=np.int64)
+    field = np.zeros((b, max_len, 4), dtype=np.int64)
+    action = np.zeros((b, max_len), dtype=np.int64)
+    pb, pt, pp = [], [], []
+    for r, w in enumerate(windows):
+        head = np.arange(j.indptr[w.user], j.indptr[w.user] + n_u)
+        idx = np.r_[head, np.arange(w.start, w.end)]
+        n = len(idx)
+        ttype[r, :n] = j.ttype[idx]
+        it = j.item[idx]
+        has = (it >= 0) & (it < len(sids.codes))
+        c = np.where(has[:, None], sids.codes[np.where(has, it, 0)], K)
+        codes[r, :n] = np.where(c < 0, K, c)
+        field[r, :n] = j.field[idx]
+        action[r, :n] = j.action[idx]
+        own = np.nonzero(pred_mask[w.own_from : w.end])[0] + w.own_from
+        pb.append(np.full(len(own), r))
+        pt.append(own - w.start + n_u)
+        pp.append(own)
+    pos = np.concatenate(pp) if pp else np.zeros(0, np.int64)
+    tgt = targets[pos].copy()
+    # a head's target counts only if that target's token lies in an allowed split
+    t_split = _target_split(j, pos, targets.shape[1])
+    tgt[~np.isin(t_split, allowed_splits)] = -1
+    known = (tgt >= 0) & (tgt < len(sids.codes))
+    tc = np.full((*tgt.shape, L + 1), -1, dtype=np.int64)
+    safe = np.where(known, tgt, 0)
+    tc[..., :L] = np.where(known[..., None], sids.codes[safe], -1)
+    tc[..., L] = np.where(known, sids.dedup[safe], -1)
+    tgt[~known] = -1
+    nxt = np.minimum(pos + 1, len(j.ttype) - 1)
+    shown = (
+        np.where(j.ttype[nxt] == I, j.action[nxt], -1)
+        if (j.ttype == E).any()
+        else np.full(len(pos), -1)
+    )
+    return Batch(
+        ttype=torch.from_numpy(ttype),
+        codes=torch.from_numpy(codes),
+        field=torch.from_numpy(field),
+        action=torch.from_numpy(action),
+        pred_b=torch.from_numpy(np.concatenate(pb) if pb else np.zeros(0, np.int64)),
+        pred_t=torch.from_numpy(np.concatenate(pt) if pt else np.zeros(0, np.int64)),
+        targets=torch.from_numpy(tgt),
+        target_codes=torch.from_numpy(tc),
+        shown_action=torch.from_numpy(shown),
+        request=torch.from_numpy(j.request[pos]),
+        position=torch.from_numpy(pos),
+    )
+
+
+def _target_split(j: Journeys, pos: np.ndarray, n_heads: int) -> np.ndarray:
+    """Split of the h-th next I token after each position (the token that holds the label)."""
+    is_i = j.ttype == I
+    rank = np.cumsum(is_i)
+    i_pos = np.nonzero(is_i)[0]
+    out = np.full((len(pos), n_heads), -1, dtype=np.int64)
+    for h in range(n_heads):
+        k = np.minimum(rank[pos] + h, len(i_pos) - 1)
+        out[:, h] = j.split[i_pos[k]] if len(i_pos) else -1
+    return out
+
+
+def tail_windows(j: Journeys, positions: np.ndarray, max_len: int) -> list[Window]:
+    """One window per position, ending at it, with as much past as fits (evaluation)."""
+    body = max_len - j.n_user_tokens
+    user_of = np.searchsorted(j.indptr, positions, side="right") - 1
+    lo = j.indptr[user_of] + j.n_user_tokens
+    start = np.maximum(lo, positions + 1 - body)
+    return [
+        Window(int(u), int(s), int(p) + 1, int(p))
+        for u, s, p in zip(user_of, start, positions, strict=True)
+    ]
+
+
+def positions_for_split(j: Journeys, pred_mask: np.ndarray, split: str) -> np.ndarray:
+    """Prediction positions whose first target (the label) lies in `split`."""
+    pos = np.nonzero(pred_mask)[0]
+    return pos[_target_split(j, pos, 1)[:, 0] == SPLIT_CODE[split]]

@@ -1,0 +1,324 @@
+"""MTP pre-training (spec §4.1) of GPR and of the HSTU baseline, with validation and checkpoints.
+
+gpr train --model gpr --data DIR --sids TOK --preset small --out RUN
+gpr eval --run RUN --split test --out eval.json
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from gpr.config import GprConfig, ModelConfig
+from gpr.data.schema import load_dataset
+from gpr.errors import GprInputError
+from gpr.eval.retrieval import retrieval_metrics
+from gpr.io import atomic_dir, read_json, write_json
+from gpr.model.gpr import GPRModel
+from gpr.model.journey import (
+    SPLIT_CODE,
+    I,
+    Journeys,
+    SidTable,
+    build_journeys,
+    collate,
+    make_windows,
+    next_targets,
+    positions_for_split,
+    prediction_mask,
+    tail_windows,
+)
+from gpr.model.trie import Trie
+
+MODELS = ("gpr", "hstu")
+
+
+def model_config_for(name: str, cfg: ModelConfig) -> ModelConfig:
+    """`hstu`: the paper's baseline, every HHD component off and a single next-token head."""
+    if name not in MODELS:
+        raise GprInputError(
+            f"unknown model '{name}' (choose from {', '.join(MODELS)})", field="model"
+        )
+    if name == "gpr":
+        return cfg
+    return cfg.model_copy(
+        update=dict(
+            hybrid_attention=False,
+            token_aware_ln=False,
+            token_aware_ffn=False,
+            mor_extra=0,
+            thinking_tokens=0,
+            refining=False,
+            hte=False,
+            mtp_heads=1,
+            mtp_weights=None,
+        )
+    )
+
+
+@dataclass
+class Prepared:
+    journeys: Journeys
+    sids: SidTable
+    trie: Trie
+    targets: np.ndarray
+    pred_mask: np.ndarray
+    engaged_only: bool  # ad world: evaluate on requests whose shown ad was clicked
+
+    @property
+    def level_sizes(self) -> list[int]:
+        return list(self.trie.sizes)
+
+
+def prepare(
+    data_dir: str | Path, sids_dir: str | Path, mcfg: ModelConfig, codebook_size: int
+) -> Prepared:
+    ds = load_dataset(data_dir)
+    j = build_journeys(ds)
+    sids = SidTable.load(sids_dir, codebook_size)
+    ids = ds.col("items", "item_id")
+    if len(sids.codes) <= ids.max() or (sids.codes[ids] < 0).any():
+        raise GprInputError(
+            "the semantic IDs do not cover every item of the dataset",
+            file=sids_dir,
+            field="item_id",
+        )
+    targets = next_targets(j, mcfg.mtp_heads)
+    pm = prediction_mask(j, targets)
+    ads = np.nonzero(sids.is_target)[0]
+    sizes = [sids.codebook_size] * sids.levels + [int(sids.dedup[ads].max()) + 1]
+    trie = Trie(np.c_[sids.codes[ads], sids.dedup[ads]], sizes, ads)
+    return Prepared(j, sids, trie, targets, pm, engaged_only=bool((j.ttype == 2).any()))
+
+
+def eval_positions(prep: Prepared, split: str, limit: int | None, seed: int) -> np.ndarray:
+    pos = positions_for_split(prep.journeys, prep.pred_mask, split)
+    if prep.engaged_only:  # the label is the ad the user engaged with (clicked)
+        nxt = prep.journeys.action[np.minimum(pos + 1, len(prep.journeys.ttype) - 1)]
+        pos = pos[
+            (prep.journeys.ttype[np.minimum(pos + 1, len(prep.journeys.ttype) - 1)] == I)
+            & (nxt >= 1)
+        ]
+    if limit is not None and len(pos) > limit:
+        pos = np.sort(np.random.default_rng(seed).choice(pos, size=limit, replace=False))
+    return pos
+
+
+@torch.no_grad()
+def evaluate(
+    model: GPRModel,
+    prep: Prepared,
+    positions: np.ndarray,
+    beam: int,
+    batch_size: int,
+    device: torch.device,
+) -> dict[str, Any]:
+    model.eval()
+    trie = prep.trie.to(device)
+    max_len = model.cfg.max_len
+    ranked: list[np.ndarray] = []
+    target: list[np.ndarray] = []
+    users: list[int] = []
+    for lo in range(0, len(positions), batch_size):
+        wins = tail_windows(prep.journeys, positions[lo : lo + batch_size], max_len)
+        b = collate(
+            prep.journeys, wins, prep.sids, prep.targets, prep.pred_mask, (0, 1, 2), max_len
+        ).to(device)
+        items, _ = model.generate(b, trie, beam)
+        ranked.append(items.cpu().numpy())
+        target.append(b.targets[:, 0].cpu().numpy())
+        users.extend(w.user for w in wins)
+    r = np.concatenate(ranked) if ranked else np.zeros((0, beam), np.int64)
+    t = np.concatenate(target) if target else np.zeros(0, np.int64)
+    out: dict[str, Any] = retrieval_metrics(r, t, prep.trie.items.cpu().numpy())
+    out["n_users"] = len(set(users))
+    return out
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def build_model(prep: Prepared, mcfg: ModelConfig) -> GPRModel:
+    return GPRModel(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1])
+
+
+def train(
+    data_dir: str | Path,
+    sids_dir: str | Path,
+    cfg: GprConfig,
+    out: str | Path,
+    model_name: str = "gpr",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train with early stopping on the validation split; writes RUN atomically."""
+    t0 = time.perf_counter()
+    tc = cfg.train
+    if tc.threads:
+        torch.set_num_threads(tc.threads)
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    mcfg = model_config_for(model_name, cfg.model)
+    prep = prepare(data_dir, sids_dir, mcfg, cfg.tokenizer.codebook_size)
+    dev = _device(tc.device)
+    j = prep.journeys
+    train_pos = positions_for_split(j, prep.pred_mask, "train")
+    windows = make_windows(j, mcfg.max_len, train_pos)
+    valid_pos = eval_positions(prep, "valid", tc.max_eval_requests, cfg.seed)
+    model = build_model(prep, mcfg).to(dev)
+    trie = prep.trie.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps_per_epoch = math.ceil(len(windows) / tc.batch_size)
+    total_steps = steps_per_epoch * tc.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: _lr_factor(s, tc.warmup_steps, total_steps)
+    )
+    monitor = "hitrate@100" if prep.engaged_only else "ndcg@10"
+    best: dict[str, Any] = {monitor: -1.0}
+    bad_epochs, log = 0, []
+    with atomic_dir(out) as tmp:
+        for epoch in range(tc.epochs):
+            model.train()
+            order = rng.permutation(len(windows))
+            losses = []
+            quiet = not (progress and sys.stderr.isatty())
+            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=quiet, leave=False)
+            for s in bar:
+                batch = [windows[i] for i in order[s * tc.batch_size : (s + 1) * tc.batch_size]]
+                b = collate(
+                    j,
+                    batch,
+                    prep.sids,
+                    prep.targets,
+                    prep.pred_mask,
+                    (SPLIT_CODE["train"],),
+                    mcfg.max_len,
+                )
+                parts = model.loss(b.to(dev), trie)
+                opt.zero_grad(set_to_none=True)
+                parts["loss"].backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+                sched.step()
+                losses.append({k: float(v.detach()) for k, v in parts.items()})
+                bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
+            row: dict[str, Any] = {
+                "epoch": epoch,
+                **{k: float(np.mean([x[k] for x in losses if k in x])) for k in losses[0]},
+            }
+            if (epoch + 1) % tc.eval_every == 0 or epoch == tc.epochs - 1:
+                row["valid"] = evaluate(model, prep, valid_pos, tc.beam, tc.batch_size, dev)
+                if row["valid"][monitor] > best[monitor]:
+                    best = {**row["valid"], "epoch": epoch}
+                    save_file(
+                        {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
+                        str(tmp / "model.safetensors"),
+                    )
+                    bad_epochs = 0
+                else:
+                    bad_epochs += 1
+            log.append(row)
+            with open(tmp / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if progress:
+                v = row.get("valid", {})
+                print(
+                    f"epoch {epoch}: loss {row['loss']:.4f} "
+                    f"valid {monitor} {v.get(monitor, float('nan')):.4f}",
+                    flush=True,
+                )
+            if bad_epochs >= tc.patience:
+                break
+        summary = {
+            "model": model_name,
+            "data": str(data_dir),
+            "sids": str(sids_dir),
+            "config": cfg.model_dump(mode="json"),
+            "model_config": mcfg.model_dump(mode="json"),
+            "level_sizes": prep.level_sizes,
+            "monitor": monitor,
+            "best": best,
+            "epochs_run": len(log),
+            "train_windows": len(windows),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "device": str(dev),
+        }
+        write_json(tmp / "run.json", summary)
+        plot_losses(log, tmp / "loss.png")
+    return summary
+
+
+def _lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    frac = (step - warmup) / max(total - warmup, 1)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
+
+
+def plot_losses(log: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(1, 2, figsize=(9, 3.2))
+    ep = [r["epoch"] for r in log]
+    for k in sorted({k for r in log for k in r if k not in ("epoch", "valid")}):
+        ax[0].plot(ep, [r.get(k, np.nan) for r in log], label=k)
+    ax[0].set_xlabel("epoch")
+    ax[0].set_title("training loss")
+    ax[0].legend(fontsize=7)
+    for k in ("recall@10", "ndcg@10", "hitrate@100"):
+        ax[1].plot(ep, [r.get("valid", {}).get(k, np.nan) for r in log], label=k)
+    ax[1].set_xlabel("epoch")
+    ax[1].set_title("validation")
+    ax[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[GPRModel, Prepared, dict[str, Any]]:
+    run_dir = Path(run_dir)
+    info = read_json(run_dir / "run.json")
+    mcfg = ModelConfig.model_validate(info["model_config"])
+    codebook = GprConfig.model_validate(info["config"]).tokenizer.codebook_size
+    prep = prepare(info["data"], info["sids"], mcfg, codebook)
+    model = build_model(prep, mcfg)
+    path = run_dir / "model.safetensors"
+    if not path.exists():
+        raise GprInputError("file not found (training stored no checkpoint)", file=path)
+    model.load_state_dict(load_file(str(path)))
+    return model.to(_device(device)), prep, info
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str,
+    beam: int | None = None,
+    limit: int | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    if split not in SPLIT_CODE:
+        raise GprInputError(f"unknown split '{split}'", field="split")
+    model, prep, info = load_run(run_dir, "cpu")
+    dev = _device(device)
+    model = model.to(dev)
+    cfg = GprConfig.model_validate(info["config"])
+    pos = eval_positions(prep, split, limit, cfg.seed)
+    out = evaluate(model, prep, pos, beam or cfg.train.beam, cfg.train.batch_size, dev)
+    out.update(split=split, run=str(run_dir), model=info["model"])
+    return out
