@@ -84,7 +84,7 @@ class PTD(nn.Module):
     def prefix(
         self, h: torch.Tensor, ctx: torch.Tensor, ctx_mask: torch.Tensor, head: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Thinking (+ refined) tokens of MTP head `head`, (P, n_prefix, d), and the refiner cond."""
+        """Thinking (+ refined) tokens of MTP head `head` (P, n_prefix, d), refiner condition."""
         base = h + self.head_emb[head]
         if self.n_think > 0:
             q = self.queries[head].unsqueeze(0) + base.unsqueeze(1)

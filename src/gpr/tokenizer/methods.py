@@ -392,8 +392,7 @@ class RQKmeansPlusTokenizer(_AutoencoderTokenizer):
         dec = ResidualDecoder(proj, cfg.hidden_dims[::-1])
         init = torch.zeros(cfg.levels, cfg.codebook_size, cfg.latent_dim)
         if xs is not None:
-            with torch.no_grad():
-                z0 = enc(torch.from_numpy(xs)).numpy()
+            z0 = _batched(xs, enc, torch.device("cpu"))  # = xs @ P exactly (zero-init MLP)
             cents, _ = residual_kmeans(
                 z0, cfg.levels, cfg.codebook_size, cfg.kmeans_iters, self.seed, cfg.balanced
             )

@@ -14,27 +14,17 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from gpr.eval.eligibility import Ads, Users, eligible_mask
 from gpr.world.truth import Truth
 
 
 def _eligible(
     truth: Truth, items: Any, users: Any, req_user: np.ndarray, req_day: np.ndarray
 ) -> np.ndarray:
-    n_org = truth.n_organic
-    col = {
-        k: items.column(k).to_numpy()[n_org:]
-        for k in ("target_ages", "target_regions", "target_gender", "created_day", "end_day")
-    }
-    age = users.column("age_band").to_numpy()[req_user]
-    reg = users.column("region").to_numpy()[req_user]
-    gen = users.column("gender").to_numpy()[req_user]
-    ok = (col["created_day"][None, :] <= req_day[:, None]) & (
-        req_day[:, None] < col["end_day"][None, :]
-    )
-    ok &= ((col["target_ages"][None, :].astype(np.int64) >> age[:, None]) & 1) == 1
-    ok &= ((col["target_regions"][None, :].astype(np.int64) >> reg[:, None]) & 1) == 1
-    g = col["target_gender"][None, :]
-    return ok & ((g < 0) | (g == gen[:, None]))
+    """(B, A) over the world's ads (items after the organic ones), budgets ignored."""
+    ads = Ads.from_items(items)
+    assert ads.n == len(truth.bid) and ads.item_id[0] == truth.n_organic
+    return eligible_mask(ads, Users.from_table(users), req_user, req_day)
 
 
 def calibrate(root: str | Path, n_requests: int = 2000, seed: int = 0) -> dict[str, Any]:
