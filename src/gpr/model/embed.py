@@ -23,6 +23,8 @@ class TokenEmbedding(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Embedding):
                 nn.init.normal_(m.weight, std=0.02)
+                if m.padding_idx is not None:
+                    nn.init.zeros_(m.weight[m.padding_idx])
 
     def item(self, codes: torch.Tensor) -> torch.Tensor:
         """(..., L) codes -> (..., d); pad code (= codebook_size) embeds to zero."""

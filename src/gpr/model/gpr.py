@@ -164,7 +164,7 @@ def beam_search(
         legal = trie.legal(lv, nodes.reshape(-1), counts, rows)
         lp = masked_log_softmax(lg, legal).reshape(p, w, -1)
         total = (logp.unsqueeze(-1) + lp).reshape(p, -1)
-        total = torch.nan_to_num(total, nan=-torch.inf)
+        total = total.masked_fill(total.isnan(), -torch.inf)
         k = min(beam, total.shape[1])
         logp, idx = total.topk(k, dim=1)
         size = lp.shape[-1]

@@ -208,6 +208,7 @@ class Batch:
     codes: torch.Tensor  # (B, T, L)
     field: torch.Tensor  # (B, T, 4)
     action: torch.Tensor  # (B, T)
+    item: torch.Tensor  # (B, T) item id, -1 elsewhere
     pred_b: torch.Tensor  # (P,)
     pred_t: torch.Tensor  # (P,)
     targets: torch.Tensor  # (P, H) item ids, -1 = no target (missing or outside the allowed splits)
@@ -236,6 +237,7 @@ def collate(
     codes = np.full((b, max_len, L), K, dtype=np.int64)
     field = np.zeros((b, max_len, 4), dtype=np.int64)
     action = np.zeros((b, max_len), dtype=np.int64)
+    item = np.full((b, max_len), -1, dtype=np.int64)
     pb, pt, pp = [], [], []
     for r, w in enumerate(windows):
         head = np.arange(j.indptr[w.user], j.indptr[w.user] + n_u)
@@ -248,6 +250,7 @@ def collate(
         codes[r, :n] = np.where(c < 0, K, c)
         field[r, :n] = j.field[idx]
         action[r, :n] = j.action[idx]
+        item[r, :n] = np.where(np.isin(j.ttype[idx], (O, I)), it, -1)
         own = np.nonzero(pred_mask[w.own_from : w.end])[0] + w.own_from
         pb.append(np.full(len(own), r))
         pt.append(own - w.start + n_u)
@@ -274,6 +277,7 @@ def collate(
         codes=torch.from_numpy(codes),
         field=torch.from_numpy(field),
         action=torch.from_numpy(action),
+        item=torch.from_numpy(item),
         pred_b=torch.from_numpy(np.concatenate(pb) if pb else np.zeros(0, np.int64)),
         pred_t=torch.from_numpy(np.concatenate(pt) if pt else np.zeros(0, np.int64)),
         targets=torch.from_numpy(tgt),

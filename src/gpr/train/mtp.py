@@ -1,4 +1,4 @@
-"""MTP pre-training (spec §4.1) of GPR and of the HSTU baseline, with validation and checkpoints.
+"""MTP pre-training (spec §4.1) of GPR and its baselines (HSTU, TIGER, SASRec), with validation.
 
 gpr train --model gpr --data DIR --sids TOK --preset small --out RUN
 gpr eval --run RUN --split test --out eval.json
@@ -24,6 +24,7 @@ from gpr.data.schema import load_dataset
 from gpr.errors import GprInputError
 from gpr.eval.retrieval import retrieval_metrics
 from gpr.io import atomic_dir, read_json, write_json
+from gpr.model.baselines import TIGER, SASRec
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import (
     SPLIT_CODE,
@@ -40,11 +41,16 @@ from gpr.model.journey import (
 )
 from gpr.model.trie import Trie
 
-MODELS = ("gpr", "hstu")
+MODELS = ("gpr", "hstu", "tiger", "sasrec")
+Recommender = GPRModel | TIGER | SASRec
 
 
 def model_config_for(name: str, cfg: ModelConfig) -> ModelConfig:
-    """`hstu`: the paper's baseline, every HHD component off and a single next-token head."""
+    """`hstu`: the paper's baseline, every HHD component off and a single next-token head.
+
+    `tiger` / `sasrec` get the same settings (they read only d_model, layers, heads, dropout and
+    max_len; one head, so one next-item target per position).
+    """
     if name not in MODELS:
         raise GprInputError(
             f"unknown model '{name}' (choose from {', '.join(MODELS)})", field="model"
@@ -116,7 +122,7 @@ def eval_positions(prep: Prepared, split: str, limit: int | None, seed: int) -> 
 
 @torch.no_grad()
 def evaluate(
-    model: GPRModel,
+    model: Recommender,
     prep: Prepared,
     positions: np.ndarray,
     beam: int,
@@ -151,7 +157,12 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_model(prep: Prepared, mcfg: ModelConfig) -> GPRModel:
+def build_model(prep: Prepared, mcfg: ModelConfig, name: str = "gpr") -> Recommender:
+    """GPRModel for gpr/hstu, else the named baseline."""
+    if name == "tiger":
+        return TIGER(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1])
+    if name == "sasrec":
+        return SASRec(mcfg, len(prep.sids.codes))
     return GPRModel(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1])
 
 
@@ -177,7 +188,7 @@ def train(
     train_pos = positions_for_split(j, prep.pred_mask, "train")
     windows = make_windows(j, mcfg.max_len, train_pos)
     valid_pos = eval_positions(prep, "valid", tc.max_eval_requests, cfg.seed)
-    model = build_model(prep, mcfg).to(dev)
+    model = build_model(prep, mcfg, model_name).to(dev)
     trie = prep.trie.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil(len(windows) / tc.batch_size)
@@ -291,13 +302,15 @@ def plot_losses(log: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-def load_run(run_dir: str | Path, device: str = "cpu") -> tuple[GPRModel, Prepared, dict[str, Any]]:
+def load_run(
+    run_dir: str | Path, device: str = "cpu"
+) -> tuple[Recommender, Prepared, dict[str, Any]]:
     run_dir = Path(run_dir)
     info = read_json(run_dir / "run.json")
     mcfg = ModelConfig.model_validate(info["model_config"])
     codebook = GprConfig.model_validate(info["config"]).tokenizer.codebook_size
     prep = prepare(info["data"], info["sids"], mcfg, codebook)
-    model = build_model(prep, mcfg)
+    model = build_model(prep, mcfg, info.get("model", "gpr"))
     path = run_dir / "model.safetensors"
     if not path.exists():
         raise GprInputError("file not found (training stored no checkpoint)", file=path)
