@@ -1,0 +1,1 @@
+"""Training of the recommenders (the multi-stage cascade baseline; GPR itself)."""
