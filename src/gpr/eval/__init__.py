@@ -1,0 +1,1 @@
+"""Evaluation: eligibility, journey history, policies, the true-world replay and its metrics."""
