@@ -21,6 +21,7 @@ import numpy as np
 
 from gpr.config import load_config
 from gpr.data.amazon import import_amazon
+from gpr.data.sequences import HISTORY_MAX
 from gpr.tokenizer.embed import embed_items
 from gpr.tokenizer.pipeline import run_tokenize
 from gpr.train.mtp import evaluate_run, train
@@ -56,6 +57,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("out/bench/public"))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    args.overrides = [f"model.max_len={HISTORY_MAX}", *args.overrides]  # TIGER protocol
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()

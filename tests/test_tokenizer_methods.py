@@ -110,15 +110,15 @@ def test_encode_rejects_bad_input(fitted: dict) -> None:
 
 
 def test_rq_kmeans_plus_step0_is_rq_kmeans_on_latent(data: np.ndarray) -> None:
-    # latent_dim < d: the latent is the PCA projection; its codes are RQ-Kmeans codes on it.
-    tok = build_tokenizer(_cfg("rq_kmeans_plus", epochs=0), seed=5)
+    # plus_latent_dim < d: the latent is the PCA projection; its codes are RQ-Kmeans codes on it.
+    tok = build_tokenizer(_cfg("rq_kmeans_plus", epochs=0, plus_latent_dim=8), seed=5)
     stats = tok.fit(data)
     z = tok.latent(data)
     _, ref = residual_kmeans(z, L, K, 10, seed=5)
     assert np.array_equal(tok.encode(data), ref)
     assert stats["recon_mse"] == stats["recon_mse_init"]
-    # latent_dim == d: identity projection, the step-0 model *is* RQ-Kmeans on the input.
-    plus = build_tokenizer(_cfg("rq_kmeans_plus", epochs=0, latent_dim=D), seed=5)
+    # default (latent = input): identity projection, the step-0 model *is* RQ-Kmeans.
+    plus = build_tokenizer(_cfg("rq_kmeans_plus", epochs=0), seed=5)
     plus.fit(data)
     base = build_tokenizer(_cfg("rq_kmeans"), seed=5)
     base.fit(data)

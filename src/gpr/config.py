@@ -91,7 +91,8 @@ class TokenizerConfig(_Strict):
     method: Literal["rq_kmeans", "rq_vae", "rq_kmeans_plus"] = "rq_kmeans_plus"
     levels: int = Field(3, ge=1, le=8)
     codebook_size: int = Field(256, ge=2)
-    latent_dim: int = Field(32, ge=2)
+    latent_dim: int = Field(32, ge=2)  # RQ-VAE's latent
+    plus_latent_dim: int | None = Field(None, ge=2)  # RQ-Kmeans+; None: the input dimension
     hidden_dims: list[int] = [256, 128]
     beta: float = Field(0.25, ge=0)
     epochs: int = Field(50, ge=0)

@@ -83,9 +83,7 @@ class Journeys:
 def build_journeys(ds: Dataset) -> Journeys:
     """Group events by user (stable, so each user's events stay in journey order)."""
     ev_user = ds.col("events", "user_id")
-    ttype = np.vectorize(TYPE_CODE.__getitem__, otypes=[np.int64])(
-        ds.col("events", "token_type").astype(str)
-    )
+    ttype = _codes(ds.col("events", "token_type"), TYPE_CODE)
     keep = ttype != U  # U tokens are rebuilt from users.parquet, one per known feature group
     order = np.argsort(ev_user[keep], kind="stable")
     rows = np.nonzero(keep)[0][order]
@@ -117,16 +115,14 @@ def build_journeys(ds: Dataset) -> Journeys:
     out_field[body] = np.maximum(env, 0)
     out_action[body] = np.maximum(ds.col("events", "action")[rows].astype(np.int64), 0)
     out_day[body] = ds.col("events", "day")[rows]
-    out_split[body] = np.vectorize(SPLIT_CODE.__getitem__, otypes=[np.int64])(
-        ds.col("events", "split")[rows].astype(str)
-    )
+    out_split[body] = _codes(ds.col("events", "split")[rows], SPLIT_CODE)
     out_req[body] = ds.col("events", "request_id")[rows]
     by_id = np.argsort(uid)
     for g, f in enumerate(known):
         pos = indptr[:-1] + g
         out_field[pos, 0] = USER_FIELDS.index(f)
         out_field[pos, 1] = np.maximum(users_tab[f][by_id], 0)
-        # U tokens take the day and split of the user's first event
+    # U tokens take the day and split of the user's first event
     first_body = np.minimum(indptr[:-1] + n_u, total - 1)
     for g in range(n_u):
         out_day[indptr[:-1] + g] = out_day[first_body]
@@ -134,6 +130,12 @@ def build_journeys(ds: Dataset) -> Journeys:
     return Journeys(
         indptr, uid_sorted, out_t, out_item, out_field, out_action, out_day, out_split, out_req, n_u
     )
+
+
+def _codes(values: np.ndarray, mapping: dict[str, int]) -> np.ndarray:
+    """Map a string column to integer codes (one lookup per distinct value)."""
+    uniq, inv = np.unique(values.astype(str), return_inverse=True)
+    return np.asarray([mapping[u] for u in uniq], dtype=np.int64)[inv]
 
 
 def next_targets(j: Journeys, n_heads: int) -> np.ndarray:

@@ -371,7 +371,8 @@ class RQKmeansPlusTokenizer(_AutoencoderTokenizer):
     """RQ-Kmeans+: residual encoder z = x P + MLP(x) (zero-init last layer), codebooks warm-started
     from RQ-Kmeans on z at step 0, then trained with the RQ-VAE loss.
 
-    P (d, latent) is a fixed, non-trained projection so that z = x P at step 0:
+    By default the latent is the input space (P = I, the paper's z = x + Enc(x));
+    `plus_latent_dim` < d gives a smaller latent. P (d, latent) is fixed, so z = x P at step 0:
     the identity when latent_dim == d; the top-`latent_dim` PCA directions of the standardised
     training data when latent_dim < d; the identity padded with zero columns when latent_dim > d.
     The decoder mirrors it, x_hat = z_q P^T + MLP(z_q) with a zero-init last layer, so the step-0
@@ -383,21 +384,18 @@ class RQKmeansPlusTokenizer(_AutoencoderTokenizer):
     def _build(self, xs: np.ndarray | None) -> RQAutoencoder:
         assert self.input_dim is not None
         cfg, d = self.cfg, self.input_dim
-        proj = (
-            torch.zeros(d, cfg.latent_dim)
-            if xs is None
-            else torch.from_numpy(projection(xs, cfg.latent_dim))
-        )
+        ld = cfg.plus_latent_dim or d  # default: the input space, z = x + Enc(x)
+        proj = torch.zeros(d, ld) if xs is None else torch.from_numpy(projection(xs, ld))
         enc = ResidualEncoder(proj, cfg.hidden_dims)
         dec = ResidualDecoder(proj, cfg.hidden_dims[::-1])
-        init = torch.zeros(cfg.levels, cfg.codebook_size, cfg.latent_dim)
+        init = torch.zeros(cfg.levels, cfg.codebook_size, ld)
         if xs is not None:
             z0 = _batched(xs, enc, torch.device("cpu"))  # = xs @ P exactly (zero-init MLP)
             cents, _ = residual_kmeans(
                 z0, cfg.levels, cfg.codebook_size, cfg.kmeans_iters, self.seed, cfg.balanced
             )
             init = torch.from_numpy(np.stack(cents))
-        quant = ResidualQuantizer(cfg.levels, cfg.codebook_size, cfg.latent_dim, init)
+        quant = ResidualQuantizer(cfg.levels, cfg.codebook_size, ld, init)
         return RQAutoencoder(enc, quant, dec, cfg.beta)
 
 
