@@ -127,7 +127,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--scale", type=int, default=0, help="synthetic items for the scale run")
     ap.add_argument("--embed-device", default="auto")
-    ap.add_argument("--embed-batch", type=int, default=256)
+    ap.add_argument("--embed-batch", type=int, default=32)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = ap.parse_args()
     if args.threads:

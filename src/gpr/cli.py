@@ -133,7 +133,7 @@ def data_summary(data: Annotated[Path, typer.Argument(help="dataset directory")]
 @app.command("embed")
 def embed_cmd(
     data: Annotated[Path, typer.Option("--data", help="dataset directory")],
-    batch_size: int = 256,
+    batch_size: int = 32,
     device: str = "cpu",
     force: Annotated[bool, typer.Option("--force", help="re-embed even if cached")] = False,
 ) -> None:

@@ -112,7 +112,7 @@ def content_embeddings(items: pa.Table, file: str | Path | None = None) -> np.nd
     return np.ascontiguousarray(values, dtype=np.float32).reshape(n, d)
 
 
-def minilm_encoder(batch_size: int = 256, device: str = "cpu") -> Encoder:
+def minilm_encoder(batch_size: int = 32, device: str = "cpu") -> Encoder:
     """A texts -> (n, 384) float32 function using the packaged all-MiniLM-L6-v2 (offline)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -161,7 +161,7 @@ _MATCH_KEYS = ("format", "source", "model", "recipe", "n_items", "data_hash")
 
 def embed_items(
     data_dir: str | Path,
-    batch_size: int = 256,
+    batch_size: int = 32,
     device: str = "cpu",
     *,
     encoder: Encoder | None = None,
