@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from gpr.config import GprConfig, TokenizerConfig
+from gpr.data.schema import read_table
 from gpr.errors import GprInputError
 from gpr.io import atomic_dir, atomic_write_text, read_json, write_json, write_parquet
 from gpr.tokenizer.dedup import dedup_index, extend_dedup, validate_embeddings
@@ -90,18 +90,19 @@ def sids_table(
     )
 
 
+SIDS_COLUMNS = {
+    "item_id": pa.int64(),
+    "codes": pa.list_(pa.int64()),
+    "dedup": pa.int32(),
+    "kind": pa.string(),
+    "is_new": pa.bool_(),
+}
+
+
 def read_sids(tok_dir: str | Path) -> tuple[pa.Table, np.ndarray]:
     """sids.parquet of a TOK dir and its codes as (n, L) int64."""
     path = Path(tok_dir) / SIDS_NAME
-    if not path.exists():
-        raise GprInputError("file not found", file=path)
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise GprInputError(f"not a readable Parquet file ({e})", file=path) from None
-    for name in ("item_id", "codes", "dedup", "kind", "is_new"):
-        if name not in table.column_names:
-            raise GprInputError("missing column", file=path, field=name)
+    table = read_table(path, SIDS_COLUMNS)
     col = table.column("codes").combine_chunks()
     if not pa.types.is_fixed_size_list(col.type):
         raise GprInputError(f"codes must be a fixed-size list, got {col.type}", file=path)
