@@ -96,3 +96,19 @@ def test_retrieval_metrics_known_answers() -> None:
     assert np.isclose(ndcg_at(ranks, 5), (1 / np.log2(3) + 1.0) / 3)
     m = retrieval_metrics(ranked, target, valid_items=np.array([1, 2, 3, 5, 7]))
     assert np.isclose(m["invalid_rate"], 1 / 7)  # item 9 does not exist
+
+
+def test_window_thoughts_use_only_the_past() -> None:
+    from gpr.model.thoughts import window_thoughts
+
+    j = _journeys()
+    topic = np.full(15, -1)
+    topic[[1, 2, 10, 11, 12]] = [0, 1, 2, 2, 0]  # organic 1, 2 and ads 10, 11, 12
+    wins = make_windows(j, 4, np.array([7]))  # user 0's window that owns position 7
+    w = [x for x in wins if x.own_from <= 7 < x.end][0]
+    got = window_thoughts(j, [w], topic, 3, clicks_only=True)[0]
+    before = set(int(topic[i]) for i in j.item[1 : w.start] if i >= 0 and topic[i] >= 0)
+    assert set(got[got >= 0].tolist()) == before
+    # at the very start of a journey there is nothing to think about yet
+    first = window_thoughts(j, [make_windows(j, 12, np.array([2]))[0]], topic, 2, True)
+    assert (first == -1).all()

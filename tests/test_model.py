@@ -18,11 +18,16 @@ from gpr.train.mtp import Prepared, build_model, model_config_for, prepare
 
 
 @pytest.fixture(scope="module")
-def prep(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Prepared:
-    cfg = load_config("tiny")
+def tok_dir(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     tok = tmp_path_factory.mktemp("tok") / "tok"
-    run_tokenize(tiny_world, cfg, tok)
-    return prepare(tiny_world, tok, cfg.model, cfg.tokenizer.codebook_size)
+    run_tokenize(tiny_world, load_config("tiny"), tok)
+    return tok
+
+
+@pytest.fixture(scope="module")
+def prep(tiny_world: Path, tok_dir: Path) -> Prepared:
+    cfg = load_config("tiny")
+    return prepare(tiny_world, tok_dir, cfg.model, cfg.tokenizer.codebook_size)
 
 
 def _batch(prep: Prepared, n: int = 8, max_len: int = 48):  # type: ignore[no-untyped-def]
@@ -188,3 +193,41 @@ def test_merge_ranked_dedups_across_heads() -> None:
     scores = torch.tensor([[-1.0, -3.0, -0.5, -2.0, -torch.inf]])
     it, sc = merge_ranked(items, scores, 4)
     assert it.tolist() == [[5, 9, 7, -1]] and sc[0, 0] == -0.5
+
+
+def _fake_encoder(texts: list[str]) -> np.ndarray:
+    """Deterministic stand-in for MiniLM: a seeded random vector per text."""
+    return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts])
+
+
+def test_thought_tokens_train_and_never_see_the_future(tiny_world: Path, tok_dir: Path) -> None:
+    cfg = load_config("tiny", overrides=["model.thought_tokens=2", "model.dropout=0.0"])
+    tp = prepare(tiny_world, tok_dir, cfg.model, cfg.tokenizer.codebook_size, _fake_encoder)
+    assert tp.thought_table is not None and tp.thought_table.shape[1] == 8
+    torch.manual_seed(0)
+    model = build_model(tp, cfg.model)
+    pos = positions_for_split(tp.journeys, tp.pred_mask, "train")
+    wins = make_windows(tp.journeys, 48, pos)[:6]
+    b = tp.batch(wins, (0,), 48, 2)
+    assert b.thought.shape == (6, 2) and (b.thought >= 0).any()
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(12):
+        loss = model.loss(b, tp.trie)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0]
+    assert (
+        model.thought_proj.weight.grad is not None
+        and model.thought_proj.weight.grad.abs().sum() > 0
+    )
+    # thoughts summarise only what happened before the window starts
+    model.eval()
+    base = _first_level_logits(model, b)
+    codes = b.codes.clone()
+    codes[:, -5:] = (codes[:, -5:] + 1) % 16
+    pert = type(b)(**{**b.__dict__, "codes": codes})
+    early = b.pred_t < b.ttype.shape[1] - 5
+    torch.testing.assert_close(_first_level_logits(model, pert)[early], base[early])

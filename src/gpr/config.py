@@ -115,6 +115,7 @@ class ModelConfig(_Strict):
     token_aware_ln: bool = True
     token_aware_ffn: bool = True
     mor_extra: int = Field(2, ge=0, le=3)
+    thought_tokens: int = Field(3, ge=0)
     thinking_tokens: int = Field(4, ge=0)
     refining: bool = True
     refine_steps: int = Field(4, ge=1)

@@ -22,8 +22,16 @@ from gpr.model.trie import Trie
 
 class GPRModel(nn.Module):
     mtp_w: torch.Tensor
+    thought_table: torch.Tensor
 
-    def __init__(self, cfg: ModelConfig, levels: int, codebook_size: int, dedup_size: int) -> None:
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        levels: int,
+        codebook_size: int,
+        dedup_size: int,
+        thought_table: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         d = cfg.d_model
         self.cfg = cfg
@@ -51,21 +59,35 @@ class GPRModel(nn.Module):
             cfg.dropout,
         )
         self.hte = HTE(d, levels) if cfg.hte else None
+        self.thoughts = cfg.thought_tokens > 0 and thought_table is not None
+        if self.thoughts:
+            assert thought_table is not None
+            self.register_buffer("thought_table", thought_table.float())
+            self.thought_proj = nn.Linear(thought_table.shape[1], d)
         w = torch.tensor(cfg.mtp_weights or [1.0] * cfg.mtp_heads, dtype=torch.float)
         self.register_buffer("mtp_w", w / w.sum())
 
     # --- user understanding -------------------------------------------------------------------
     def encode(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Intent h_p (P, d) at each prediction position and its recent context (P, W, d) + mask."""
-        mask = hybrid_mask(b.ttype) if self.cfg.hybrid_attention else causal_mask(b.ttype)
-        hid = self.hsd(self.embed(b), b.ttype.clamp(min=0), mask)
+        x, ttype, pred_t = self.embed(b), b.ttype, b.pred_t
+        if self.thoughts and b.thought.numel():
+            # thought tokens go in front and behave like U tokens (visible to all)
+            tt = b.thought
+            xt = self.thought_proj(self.thought_table[tt.clamp(min=0)])
+            xt = xt + self.embed.type_emb(torch.zeros_like(tt))
+            x = torch.cat([xt * (tt >= 0).unsqueeze(-1), x], dim=1)
+            ttype = torch.cat([torch.where(tt >= 0, 0, -1), ttype], dim=1)
+            pred_t = pred_t + tt.shape[1]
+        mask = hybrid_mask(ttype) if self.cfg.hybrid_attention else causal_mask(ttype)
+        hid = self.hsd(x, ttype.clamp(min=0), mask)
         w = self.cfg.recent_window
-        idx = b.pred_t.unsqueeze(1) - torch.arange(w, device=hid.device).unsqueeze(0)  # (P, W)
+        idx = pred_t.unsqueeze(1) - torch.arange(w, device=hid.device).unsqueeze(0)  # (P, W)
         ok = idx >= 0
         rows = b.pred_b.unsqueeze(1).expand_as(idx)
-        ok &= b.ttype[rows, idx.clamp(min=0)] >= 0
+        ok &= ttype[rows, idx.clamp(min=0)] >= 0
         ctx = hid[rows, idx.clamp(min=0)]
-        return hid[b.pred_b, b.pred_t], ctx, ok
+        return hid[b.pred_b, pred_t], ctx, ok
 
     def code_inputs(self, codes: torch.Tensor) -> torch.Tensor:
         """(N, m) codes of levels 1..m (m <= L) -> (N, m, d) decoder inputs."""

@@ -14,6 +14,7 @@ position (`future` MTP mode); the first is the ad of that very request.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import field as dc_field
 from pathlib import Path
 
 import numpy as np
@@ -218,6 +219,7 @@ class Batch:
     shown_action: torch.Tensor  # (P,) outcome of the first target (world), -1 if unknown
     request: torch.Tensor  # (P,) request id of the position (-1 for public data)
     position: torch.Tensor  # (P,) absolute token index (for bookkeeping)
+    thought: torch.Tensor = dc_field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})

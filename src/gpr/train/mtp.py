@@ -10,6 +10,7 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,11 @@ from gpr.model.baselines import TIGER, SASRec
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import (
     SPLIT_CODE,
+    Batch,
     I,
     Journeys,
     SidTable,
+    Window,
     build_journeys,
     collate,
     make_windows,
@@ -39,7 +42,9 @@ from gpr.model.journey import (
     prediction_mask,
     tail_windows,
 )
+from gpr.model.thoughts import item_topics, topic_table, window_thoughts
 from gpr.model.trie import Trie
+from gpr.tokenizer.embed import minilm_encoder
 
 MODELS = ("gpr", "hstu", "tiger", "sasrec")
 Recommender = GPRModel | TIGER | SASRec
@@ -63,6 +68,7 @@ def model_config_for(name: str, cfg: ModelConfig) -> ModelConfig:
             token_aware_ln=False,
             token_aware_ffn=False,
             mor_extra=0,
+            thought_tokens=0,
             thinking_tokens=0,
             refining=False,
             hte=False,
@@ -80,6 +86,22 @@ class Prepared:
     targets: np.ndarray
     pred_mask: np.ndarray
     engaged_only: bool  # ad world: evaluate on requests whose shown ad was clicked
+    item_topic: np.ndarray | None = None  # thought tokens: topic of every item
+    thought_table: torch.Tensor | None = None  # (n_topics, dim) embedded thought texts
+
+    def batch(
+        self, windows: list[Window], splits: tuple[int, ...], max_len: int, thoughts: int
+    ) -> Batch:
+        """Collate windows (labels only from `splits`) and attach their thought tokens."""
+        b = collate(
+            self.journeys, windows, self.sids, self.targets, self.pred_mask, splits, max_len
+        )
+        if thoughts > 0 and self.item_topic is not None:
+            t = window_thoughts(
+                self.journeys, windows, self.item_topic, thoughts, self.engaged_only
+            )
+            b.thought = torch.from_numpy(t)
+        return b
 
     @property
     def level_sizes(self) -> list[int]:
@@ -87,8 +109,13 @@ class Prepared:
 
 
 def prepare(
-    data_dir: str | Path, sids_dir: str | Path, mcfg: ModelConfig, codebook_size: int
+    data_dir: str | Path,
+    sids_dir: str | Path,
+    mcfg: ModelConfig,
+    codebook_size: int,
+    thought_encoder: Callable[[list[str]], np.ndarray] | None = None,
 ) -> Prepared:
+    """Dataset + SIDs -> journeys, targets, trie (and the thought-token table when enabled)."""
     ds = load_dataset(data_dir)
     j = build_journeys(ds)
     sids = SidTable.load(sids_dir, codebook_size)
@@ -104,7 +131,12 @@ def prepare(
     ads = np.nonzero(sids.is_target)[0]
     sizes = [sids.codebook_size] * sids.levels + [int(sids.dedup[ads].max()) + 1]
     trie = Trie(np.c_[sids.codes[ads], sids.dedup[ads]], sizes, ads)
-    return Prepared(j, sids, trie, targets, pm, engaged_only=bool((j.ttype == 2).any()))
+    prep = Prepared(j, sids, trie, targets, pm, engaged_only=bool((j.ttype == 2).any()))
+    if mcfg.thought_tokens > 0:
+        prep.item_topic, phrases = item_topics(ds)
+        encoder = thought_encoder or minilm_encoder()
+        prep.thought_table = torch.from_numpy(topic_table(phrases, encoder))
+    return prep
 
 
 def eval_positions(prep: Prepared, split: str, limit: int | None, seed: int) -> np.ndarray:
@@ -137,9 +169,7 @@ def evaluate(
     users: list[int] = []
     for lo in range(0, len(positions), batch_size):
         wins = tail_windows(prep.journeys, positions[lo : lo + batch_size], max_len)
-        b = collate(
-            prep.journeys, wins, prep.sids, prep.targets, prep.pred_mask, (0, 1, 2), max_len
-        ).to(device)
+        b = prep.batch(wins, (0, 1, 2), max_len, model.cfg.thought_tokens).to(device)
         items, _ = model.generate(b, trie, beam)
         ranked.append(items.cpu().numpy())
         target.append(b.targets[:, 0].cpu().numpy())
@@ -163,7 +193,8 @@ def build_model(prep: Prepared, mcfg: ModelConfig, name: str = "gpr") -> Recomme
         return TIGER(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1])
     if name == "sasrec":
         return SASRec(mcfg, len(prep.sids.codes))
-    return GPRModel(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1])
+    table = prep.thought_table if mcfg.thought_tokens > 0 else None
+    return GPRModel(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1], table)
 
 
 def train(
@@ -208,15 +239,7 @@ def train(
             bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=quiet, leave=False)
             for s in bar:
                 batch = [windows[i] for i in order[s * tc.batch_size : (s + 1) * tc.batch_size]]
-                b = collate(
-                    j,
-                    batch,
-                    prep.sids,
-                    prep.targets,
-                    prep.pred_mask,
-                    (SPLIT_CODE["train"],),
-                    mcfg.max_len,
-                )
+                b = prep.batch(batch, (SPLIT_CODE["train"],), mcfg.max_len, mcfg.thought_tokens)
                 parts = model.loss(b.to(dev), trie)
                 opt.zero_grad(set_to_none=True)
                 parts["loss"].backward()
