@@ -188,7 +188,7 @@ def train_cmd(
     if model == "cascade":
         from gpr.train.cascade.train import train_cascade
 
-        _print_json(train_cascade(data, cfg, cfg.seed, out))
+        _print_json(train_cascade(data, cfg.cascade, cfg.seed, out))
         return
     from gpr.train.mtp import MODELS, train
 
@@ -212,15 +212,18 @@ def eval_cmd(
     limit: Annotated[
         int | None, typer.Option("--limit", help="evaluate at most N predictions")
     ] = None,
+    data: Annotated[
+        Path | None, typer.Option("--data", help="dataset (default: the run's)")
+    ] = None,
 ) -> None:
-    """Retrieval metrics (Recall/NDCG@5,10, HitRate@100) of a trained generative run."""
+    """Generative runs: Recall/NDCG@5,10, HitRate@100. Cascade runs: ranking AUC / GAUC."""
     from gpr.io import read_json, write_json
 
     info = read_json(run / "run.json")
     if info.get("model") == "cascade":
         from gpr.train.cascade.train import evaluate_ranking
 
-        res = evaluate_ranking(run, Path(info["data"]), split)
+        res = evaluate_ranking(run, data or Path(info["data"]), split)
     else:
         from gpr.train.mtp import evaluate_run
 
@@ -228,6 +231,25 @@ def eval_cmd(
     if out is not None:
         write_json(out, res)
     _print_json(res)
+
+
+@app.command("simulate")
+def simulate_cmd(
+    policy: Annotated[
+        str, typer.Option("--policy", help="run dir | random-eligible | logging | oracle")
+    ],
+    data: Annotated[Path, typer.Option("--data", help="ad-world dataset directory")],
+    out: Annotated[Path | None, typer.Option("--out", help="write sim.json here")] = None,
+    split: str = "test",
+    batch_size: int = 512,
+    max_requests: int | None = None,
+    seed: int = 0,
+) -> None:
+    """Replay a split's requests: the policy chooses, the hidden truth scores (RPM, CTCVR...)."""
+    from gpr.eval.simulate import simulate_spec
+
+    res = simulate_spec(policy, data, split, out, batch_size, max_requests, seed)
+    _print_json({k: v for k, v in res.items() if k != "segments"})
 
 
 @app.command("demo")

@@ -142,6 +142,43 @@ class TrainConfig(_Strict):
     threads: int | None = None
 
 
+class CascadeConfig(_Strict):
+    """The multi-stage cascade baseline (two-tower retrieval, ranking, auction)."""
+
+    # features
+    n_hist_organic: int = Field(20, ge=1)  # last organic items before the request
+    n_hist_ads: int = Field(20, ge=1)  # last shown ads (with their actions)
+    n_long: int = Field(100, ge=1)  # organic items of the long-term profile
+    # sizes
+    dim: int = Field(32, ge=4)  # embedding width
+    hidden: int = Field(128, ge=4)  # MLP width
+    heads: int = Field(2, ge=1)  # target-attention heads
+    id_dropout: float = Field(0.2, ge=0, le=1)  # drop ad / user ids so content carries new ads
+    user_id: bool = False  # a user-id embedding (it memorised heavy users: -0.01 valid AUC)
+    dropout: float = Field(0.0, ge=0, lt=1)  # on the ranking MLP's hidden layers
+    deep: bool = True  # the ranking's deep part (False: wide + env biases only, a GLM)
+    wide_epochs: int = Field(12, ge=1)  # stage 1: the wide part alone (cheap)
+    # ranking training
+    epochs: int = Field(6, ge=1)  # stage 2: wide + deep
+    patience: int = Field(2, ge=1)  # early stop on valid AUC
+    batch_size: int = Field(1024, ge=8)
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    ctcvr_weight: float = Field(1.0, ge=0)  # ESMM: BCE(pCTR * pCVR, conversion) on impressions
+    cvr_weight: float = Field(1.0, ge=0)  # BCE(pCVR, conversion) on clicked impressions
+    # retrieval
+    retrieval_epochs: int = Field(3, ge=1)
+    retrieval_dim: int = Field(32, ge=4)
+    temperature: float = Field(0.1, gt=0)
+    click_weight: float = Field(4.0, ge=0)  # extra loss weight of clicked positives
+    min_positives: int = Field(20000, ge=0)  # below this many clicks, impressions join them
+    retrieval_k: int = Field(200, ge=1)
+    max_train_impressions: int | None = Field(None, ge=1)  # cap (newest kept), for quick runs
+    # torch intra-op threads while training / serving (None: torch's default). One thread is much
+    # faster than two on a small, shared CPU (no spin-waiting against other processes).
+    threads: int | None = Field(1, ge=1)
+
+
 class GprConfig(_Strict):
     preset: Literal["tiny", "small", "base", "large"] = "small"
     seed: int = 7
@@ -149,6 +186,7 @@ class GprConfig(_Strict):
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    cascade: CascadeConfig = Field(default_factory=CascadeConfig)
 
 
 def _preset_dict(name: str) -> dict[str, Any]:
