@@ -183,6 +183,16 @@ def _cascade(run_dir: Path, data_dir: Path) -> Policy:
 register_policy("cascade", _cascade)
 
 
+def _generative(run_dir: Path, data_dir: Path) -> Policy:
+    from gpr.serve.policy import GenerativePolicy
+
+    return GenerativePolicy(run_dir, data_dir)
+
+
+for _model in ("gpr", "hstu", "tiger", "sasrec"):
+    register_policy(_model, _generative)
+
+
 def load_policy(spec: str | Path, data_dir: str | Path, seed: int = 0) -> Policy:
     """A SPEC: 'random-eligible', 'logging', 'oracle', or a run directory holding run.json."""
     data_dir = Path(data_dir)

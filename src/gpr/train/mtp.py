@@ -90,16 +90,21 @@ class Prepared:
     thought_table: torch.Tensor | None = None  # (n_topics, dim) embedded thought texts
 
     def batch(
-        self, windows: list[Window], splits: tuple[int, ...], max_len: int, thoughts: int
+        self,
+        windows: list[Window],
+        splits: tuple[int, ...],
+        max_len: int,
+        thoughts: int,
+        pred_mask: np.ndarray | None = None,
     ) -> Batch:
-        """Collate windows (labels only from `splits`) and attach their thought tokens."""
-        b = collate(
-            self.journeys, windows, self.sids, self.targets, self.pred_mask, splits, max_len
-        )
+        """Collate windows (labels only from `splits`) and attach their thought tokens.
+
+        `pred_mask` overrides where predictions are made (serving: exactly at given requests).
+        """
+        j, pm = self.journeys, self.pred_mask if pred_mask is None else pred_mask
+        b = collate(j, windows, self.sids, self.targets, pm, splits, max_len)
         if thoughts > 0 and self.item_topic is not None:
-            t = window_thoughts(
-                self.journeys, windows, self.item_topic, thoughts, self.engaged_only
-            )
+            t = window_thoughts(j, windows, self.item_topic, thoughts, self.engaged_only)
             b.thought = torch.from_numpy(t)
         return b
 

@@ -1,0 +1,1 @@
+"""Serving: generative recommenders as policies (value-guided, trie-constrained beam search)."""

@@ -1,0 +1,56 @@
+"""A trained generative run (GPR, HSTU, TIGER, SASRec) as a policy of the true-world replay.
+
+For each request the model reads the journey up to (and including) the request's E token, then
+decodes inside the trie of the ads eligible for that request; every generated ad exists and may be
+shown. Ads are ranked by the model's log-probability (value-guided ranking with HTE comes with
+issue 6).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpr.eval.policy import Ranked, RequestBatch
+from gpr.model.journey import E, tail_windows
+from gpr.train.mtp import load_run
+
+
+class GenerativePolicy:
+    def __init__(self, run_dir: Path, data_dir: Path, beam: int | None = None) -> None:
+        self.model, self.prep, info = load_run(run_dir)
+        self.model.eval()
+        self.name = f"{info['model']}:{Path(run_dir).name}"
+        self.beam = beam or int(info["config"]["train"]["beam"])
+        j = self.prep.journeys
+        e_rows = np.nonzero((j.ttype == E) & (j.request >= 0))[0]
+        self.pos_of = np.full(int(j.request.max()) + 1, -1, dtype=np.int64)
+        self.pos_of[j.request[e_rows]] = e_rows
+        self._trie_col: np.ndarray | None = None
+
+    def _columns(self, batch: RequestBatch) -> np.ndarray:
+        """For each trie item, its column in the replay's eligibility mask (ad index)."""
+        if self._trie_col is None:
+            items = self.prep.trie.items.numpy()
+            lookup = {int(i): k for k, i in enumerate(batch.ads.item_id)}
+            self._trie_col = np.asarray([lookup.get(int(i), -1) for i in items])
+        return self._trie_col
+
+    @torch.no_grad()
+    def rank(self, batch: RequestBatch) -> Ranked:
+        prep, max_len = self.prep, self.model.cfg.max_len
+        pos = self.pos_of[batch.request_ids]
+        wins = tail_windows(prep.journeys, pos, max_len)
+        only = np.zeros(len(prep.journeys.ttype), dtype=bool)
+        only[pos] = True  # predict exactly at each request's E token
+        thoughts = getattr(self.model.cfg, "thought_tokens", 0)
+        b = prep.batch(wins, (0, 1, 2), max_len, thoughts, pred_mask=only)
+        cols = self._columns(batch)
+        elig = np.where(cols[None, :] >= 0, batch.eligible[:, np.maximum(cols, 0)], False)
+        items, scores = self.model.generate(b, prep.trie, self.beam, torch.from_numpy(elig))
+        m = min(batch.m, items.shape[1])
+        ads = items[:, :m].numpy()
+        values = np.where(ads >= 0, scores[:, :m].numpy(), np.nan)
+        return Ranked(ads, values)
