@@ -48,6 +48,16 @@ def stat_world(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_sids(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """RQ-Kmeans+ semantic IDs of the tiny world (tiny preset)."""
+    from gpr.tokenizer.pipeline import run_tokenize
+
+    tok = tmp_path_factory.mktemp("tok") / "tok"
+    run_tokenize(tiny_world, load_config("tiny"), tok)
+    return tok
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "gpr.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT

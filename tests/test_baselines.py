@@ -12,7 +12,6 @@ from gpr.config import load_config
 from gpr.model.baselines import TIGER, SASRec
 from gpr.model.baselines.tiger import grid_slots
 from gpr.model.journey import Batch, E, I, O, collate, make_windows, positions_for_split
-from gpr.tokenizer.pipeline import run_tokenize
 from gpr.train.mtp import (
     MODELS,
     Prepared,
@@ -28,16 +27,9 @@ NAMES = ["sasrec", "tiger"]
 
 
 @pytest.fixture(scope="module")
-def tok(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("tok") / "tok"
-    run_tokenize(tiny_world, load_config("tiny"), out)
-    return out
-
-
-@pytest.fixture(scope="module")
-def prep(tiny_world: Path, tok: Path) -> Prepared:
+def prep(tiny_world: Path, tiny_sids: Path) -> Prepared:
     cfg = load_config("tiny")
-    return prepare(tiny_world, tok, model_config_for("tiger", cfg.model), 16)
+    return prepare(tiny_world, tiny_sids, model_config_for("tiger", cfg.model), 16)
 
 
 def _batch(prep: Prepared, n: int = 6, max_len: int = 48) -> Batch:
@@ -152,10 +144,12 @@ def test_no_future_token_changes_a_prediction(prep: Prepared, name: str) -> None
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_train_one_epoch_and_reload(tiny_world: Path, tok: Path, tmp_path: Path, name: str) -> None:
+def test_train_one_epoch_and_reload(
+    tiny_world: Path, tiny_sids: Path, tmp_path: Path, name: str
+) -> None:
     cfg = load_config("tiny", overrides=["train.epochs=1", "train.device=cpu", "train.threads=1"])
     out = tmp_path / name
-    summary = train(tiny_world, tok, cfg, out, model_name=name, progress=False)
+    summary = train(tiny_world, tiny_sids, cfg, out, model_name=name, progress=False)
     assert summary["model"] == name and summary["epochs_run"] == 1
     assert (out / "model.safetensors").exists()
     model, _, _ = load_run(out)

@@ -13,21 +13,13 @@ from gpr.model.gpr import GPRModel, merge_ranked
 from gpr.model.journey import E, I, O, U, collate, make_windows, positions_for_split
 from gpr.model.masks import hybrid_mask
 from gpr.model.trie import Trie
-from gpr.tokenizer.pipeline import run_tokenize
 from gpr.train.mtp import Prepared, build_model, model_config_for, prepare
 
 
 @pytest.fixture(scope="module")
-def tok_dir(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tok = tmp_path_factory.mktemp("tok") / "tok"
-    run_tokenize(tiny_world, load_config("tiny"), tok)
-    return tok
-
-
-@pytest.fixture(scope="module")
-def prep(tiny_world: Path, tok_dir: Path) -> Prepared:
+def prep(tiny_world: Path, tiny_sids: Path) -> Prepared:
     cfg = load_config("tiny")
-    return prepare(tiny_world, tok_dir, cfg.model, cfg.tokenizer.codebook_size)
+    return prepare(tiny_world, tiny_sids, cfg.model, cfg.tokenizer.codebook_size)
 
 
 def _batch(prep: Prepared, n: int = 8, max_len: int = 48):  # type: ignore[no-untyped-def]
@@ -200,9 +192,9 @@ def _fake_encoder(texts: list[str]) -> np.ndarray:
     return np.stack([np.random.default_rng(abs(hash(t)) % 2**32).normal(size=8) for t in texts])
 
 
-def test_thought_tokens_train_and_never_see_the_future(tiny_world: Path, tok_dir: Path) -> None:
+def test_thought_tokens_train_and_never_see_the_future(tiny_world: Path, tiny_sids: Path) -> None:
     cfg = load_config("tiny", overrides=["model.thought_tokens=2", "model.dropout=0.0"])
-    tp = prepare(tiny_world, tok_dir, cfg.model, cfg.tokenizer.codebook_size, _fake_encoder)
+    tp = prepare(tiny_world, tiny_sids, cfg.model, cfg.tokenizer.codebook_size, _fake_encoder)
     assert tp.thought_table is not None and tp.thought_table.shape[1] == 8
     torch.manual_seed(0)
     model = build_model(tp, cfg.model)

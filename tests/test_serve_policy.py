@@ -6,14 +6,12 @@ from pathlib import Path
 
 from gpr.config import load_config
 from gpr.eval.simulate import simulate_spec
-from gpr.tokenizer.pipeline import run_tokenize
 from gpr.train.mtp import train
 
 
-def test_gpr_run_is_a_policy(tiny_world: Path, tmp_path: Path) -> None:
+def test_gpr_run_is_a_policy(tiny_world: Path, tiny_sids: Path, tmp_path: Path) -> None:
     cfg = load_config("tiny", overrides=["train.epochs=1"])
-    run_tokenize(tiny_world, cfg, tmp_path / "tok")
-    train(tiny_world, tmp_path / "tok", cfg, tmp_path / "run", "gpr", progress=False)
+    train(tiny_world, tiny_sids, cfg, tmp_path / "run", "gpr", progress=False)
     res = simulate_spec(tmp_path / "run", tiny_world, "test", max_requests=300)
     assert res["policy"].startswith("gpr:")
     assert res["ineligible_ranked"] == 0 and res["max_overspend_impressions"] <= 1
