@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gpr.config import WorldConfig
+from gpr.eval.eligibility import Ads, Users, eligible_mask
 from gpr.world.entities import Catalog, Population
 from gpr.world.journeys import DayJourneys
 from gpr.world.response import ctr_logit, ctr_logit_static, cvr_logit, normalize, sigmoid
@@ -30,19 +31,6 @@ class Served:
     exhausted: int  # ads whose budget ran out this day
 
 
-def eligible_mask(
-    cat: Catalog, pop: Population, users: np.ndarray, day: int, spend: np.ndarray
-) -> np.ndarray:
-    """(B, A): targeting admits the user, the ad is active today, budget left."""
-    ok_ad = cat.active(day) & (spend < cat.budget)
-    age = (cat.target_ages[None, :] >> pop.age_band[users][:, None]) & 1
-    reg = (cat.target_regions[None, :] >> pop.region[users][:, None]) & 1
-    gen = (cat.target_gender[None, :] < 0) | (
-        cat.target_gender[None, :] == pop.gender[users][:, None]
-    )
-    return ok_ad[None, :] & (age == 1) & (reg == 1) & gen
-
-
 def run_logging_policy(
     cfg: WorldConfig,
     day: int,
@@ -50,7 +38,11 @@ def run_logging_policy(
     pop: Population,
     jour: DayJourneys,
     rng: np.random.Generator,
+    ad_attrs: Ads,
+    user_attrs: Users,
 ) -> Served:
+    """Serve one day's requests in time order; eligibility reads the public ad / user attributes
+    through the same function the evaluator uses."""
     q = len(jour.req_user)
     u_now = pop.long_term(cat.sub_centroid, day)
     u_old = pop.long_term(cat.sub_centroid, day - cfg.profile_lag_days)
@@ -66,7 +58,7 @@ def run_logging_policy(
     for lo in range(0, q, cfg.budget_chunk):
         idx = order[lo : lo + cfg.budget_chunk]
         users = jour.req_user[idx]
-        elig = eligible_mask(cat, pop, users, day, spend)
+        elig = eligible_mask(ad_attrs, user_attrs, users, np.full(len(idx), day), spend)
         has_any = elig.any(axis=1)
         # retrieval on a stale, noisy profile
         prof = normalize(

@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 
 from gpr.config import WorldConfig
 from gpr.data.schema import EVENTS, ITEMS, USERS, schema_of
+from gpr.eval.eligibility import Ads, Users
 from gpr.io import atomic_dir, content_hash, write_json, write_parquet
 from gpr.world.cascade import NO_AD, Served, run_logging_policy
 from gpr.world.entities import Catalog, Population, make_catalog, make_population, make_taxonomy
@@ -174,8 +175,10 @@ def generate_world(
     stats: dict[str, Any] = {"days": []}
     counts = dict.fromkeys(ORDER, 0)
     with atomic_dir(out) as tmp:
-        write_parquet(tmp / "users.parquet", users_table(pop))
-        write_parquet(tmp / "items.parquet", items_table(cfg, cat))
+        users_tab, items_tab = users_table(pop), items_table(cfg, cat)
+        write_parquet(tmp / "users.parquet", users_tab)
+        write_parquet(tmp / "items.parquet", items_tab)
+        ad_attrs, user_attrs = Ads.from_items(items_tab), Users.from_table(users_tab)
         save_truth(tmp / "truth", cfg, cat, pop)
         ev_writer = pq.ParquetWriter(
             str(tmp / "events.parquet"), schema_of(EVENTS), compression="zstd"
@@ -189,7 +192,9 @@ def generate_world(
             n_req = 0
             for day in range(cfg.n_days):
                 jour = simulate_day(cfg, day, cat, pop, _rng(seed, 10, day))
-                served = run_logging_policy(cfg, day, cat, pop, jour, _rng(seed, 11, day))
+                served = run_logging_policy(
+                    cfg, day, cat, pop, jour, _rng(seed, 11, day), ad_attrs, user_attrs
+                )
                 events, requests = day_events(cfg, day, jour, served, n_req, cat.n_organic)
                 ev_writer.write_table(events)
                 rq_writer.write_table(requests)
