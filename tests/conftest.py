@@ -4,6 +4,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -56,6 +57,19 @@ def tiny_sids(tiny_world: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     tok = tmp_path_factory.mktemp("tok") / "tok"
     run_tokenize(tiny_world, load_config("tiny"), tok)
     return tok
+
+
+def overfit(model: torch.nn.Module, batch: Any, trie: Any, steps: int = 12) -> list[float]:
+    """Train `steps` Adam steps on one batch and return the losses."""
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(steps):
+        loss = model.loss(batch, trie)["loss"]
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    return losses
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:

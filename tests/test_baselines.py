@@ -22,6 +22,7 @@ from gpr.train.mtp import (
     prepare,
     train,
 )
+from tests.conftest import overfit
 
 NAMES = ["sasrec", "tiger"]
 
@@ -61,14 +62,7 @@ def test_registered_and_item_ids_collated(prep: Prepared) -> None:
 def test_loss_falls_when_overfitting(prep: Prepared, name: str) -> None:
     model = _model(prep, name)
     b = _batch(prep)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        out = model.loss(b, prep.trie)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(float(out["loss"].detach()))
+    losses = overfit(model, b, prep.trie)
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.8 * losses[0], losses
 

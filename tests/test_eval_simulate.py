@@ -189,22 +189,7 @@ def test_policy_shapes_and_padding(hand: SimData) -> None:
     j = hand.journeys
     pos = j.requests("test")
     elig = eligible_mask(hand.ads, hand.users, j.user[pos], j.day[pos])
-    batch = RequestBatch(
-        j.request[pos],
-        j.user[pos],
-        j.day[pos],
-        j.ts[pos],
-        j.scene[pos],
-        j.slot[pos],
-        j.device[pos],
-        j.hour[pos],
-        elig,
-        pos,
-        j,
-        hand.ads,
-        hand.users,
-        m=5,
-    )
+    batch = RequestBatch.at(pos, j, hand.ads, hand.users, elig, m=5)
     for pol in (RandomEligible(0), Logging(), Oracle(hand.truth)):
         r = pol.rank(batch)
         assert r.ads.shape == (3, 5) and r.values.shape == (3, 5) and r.ads.dtype == np.int64
@@ -268,21 +253,7 @@ def test_oracle_fast_path_equals_truth(tiny: SimData) -> None:
     j = tiny.journeys
     pos = j.requests("test")[:50]
     elig = eligible_mask(tiny.ads, tiny.users, j.user[pos], j.day[pos])
-    batch = RequestBatch(
-        j.request[pos],
-        j.user[pos],
-        j.day[pos],
-        j.ts[pos],
-        j.scene[pos],
-        j.slot[pos],
-        j.device[pos],
-        j.hour[pos],
-        elig,
-        pos,
-        j,
-        tiny.ads,
-        tiny.users,
-    )
+    batch = RequestBatch.at(pos, j, tiny.ads, tiny.users, elig)
     fast = Oracle(tiny.truth).true_values(batch)
     grid = np.broadcast_to(tiny.ads.item_id, elig.shape)
     np.testing.assert_allclose(fast, tiny.truth.value(batch.request_ids, grid), rtol=1e-5)

@@ -14,6 +14,7 @@ from gpr.model.journey import E, I, O, U, collate, make_windows, positions_for_s
 from gpr.model.masks import hybrid_mask
 from gpr.model.trie import Trie
 from gpr.train.mtp import Prepared, build_model, model_config_for, prepare
+from tests.conftest import overfit
 
 
 @pytest.fixture(scope="module")
@@ -126,14 +127,7 @@ def test_each_component_trains(prep: Prepared, change: dict) -> None:  # type: i
         pytest.skip("targets prepared for fewer heads")
     model = build_model(prep, mcfg)
     b = _batch(prep, n=6)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        out = model.loss(b, prep.trie)
-        opt.zero_grad()
-        out["loss"].backward()
-        opt.step()
-        losses.append(float(out["loss"].detach()))
+    losses = overfit(model, b, prep.trie)
     assert np.isfinite(losses).all()
     assert losses[-1] < 0.8 * losses[0], losses
     grads = [p.grad for p in model.hsd.parameters() if p.grad is not None]
@@ -202,14 +196,7 @@ def test_thought_tokens_train_and_never_see_the_future(tiny_world: Path, tiny_si
     wins = make_windows(tp.journeys, 48, pos)[:6]
     b = tp.batch(wins, (0,), 48, 2)
     assert b.thought.shape == (6, 2) and (b.thought >= 0).any()
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    losses = []
-    for _ in range(12):
-        loss = model.loss(b, tp.trie)["loss"]
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
+    losses = overfit(model, b, tp.trie)
     assert losses[-1] < 0.8 * losses[0]
     assert (
         model.thought_proj.weight.grad is not None

@@ -55,6 +55,35 @@ class RequestBatch:
     def __len__(self) -> int:
         return len(self.request_ids)
 
+    @classmethod
+    def at(
+        cls,
+        pos: np.ndarray,
+        journeys: Journeys,
+        ads: Ads,
+        users: Users,
+        eligible: np.ndarray,
+        m: int = DEFAULT_M,
+    ) -> RequestBatch:
+        """The requests whose E rows sit at `pos` in `journeys`."""
+        j = journeys
+        return cls(
+            request_ids=j.request[pos],
+            user_ids=j.user[pos],
+            days=j.day[pos],
+            timestamps=j.ts[pos],
+            scene=j.scene[pos],
+            slot=j.slot[pos],
+            device=j.device[pos],
+            hour=j.hour[pos],
+            eligible=eligible,
+            pos=pos,
+            journeys=j,
+            ads=ads,
+            users=users,
+            m=m,
+        )
+
 
 @dataclass
 class Ranked:

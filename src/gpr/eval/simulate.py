@@ -144,22 +144,7 @@ def replay(
         rid = jour.request[p]
         uid = jour.user[p]
         elig = eligible_mask(ads, data.users, uid, jour.day[p], spend)
-        batch = RequestBatch(
-            request_ids=rid,
-            user_ids=uid,
-            days=jour.day[p],
-            timestamps=jour.ts[p],
-            scene=jour.scene[p],
-            slot=jour.slot[p],
-            device=jour.device[p],
-            hour=jour.hour[p],
-            eligible=elig,
-            pos=p,
-            journeys=jour,
-            ads=ads,
-            users=data.users,
-            m=m,
-        )
+        batch = RequestBatch.at(p, jour, ads, data.users, elig, m)
         ranked = policy.rank(batch)
         cand = np.asarray(ranked.ads, dtype=np.int64)
         if cand.ndim != 2 or cand.shape[0] != b:
