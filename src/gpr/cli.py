@@ -174,17 +174,31 @@ def tokenize_cmd(
 
 @app.command("train")
 def train_cmd(
-    data: Annotated[Path, typer.Option("--data", help="dataset directory")],
     out: Annotated[Path, typer.Option("--out", help="run directory")],
+    data: Annotated[Path | None, typer.Option("--data", help="dataset directory")] = None,
     model: Annotated[str, typer.Option("--model", help="gpr | hstu | cascade")] = "gpr",
     sids: Annotated[Path | None, typer.Option("--sids", help="tokenizer output (TOK)")] = None,
+    stage: Annotated[str, typer.Option("--stage", help="mtp | vaft | dpo | hepo")] = "mtp",
+    init: Annotated[Path | None, typer.Option("--init", help="run to start from")] = None,
+    simulator: Annotated[
+        Path | None, typer.Option("--simulator", help="cascade run whose models score ads")
+    ] = None,
+    arr: Annotated[bool, typer.Option("--arr", help="HEPO: mix in ARR requests")] = False,
     preset: PresetOpt = None,
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
 ) -> None:
-    """Train a model; periodic validation, early stopping, safetensors checkpoints, loss plot."""
+    """Train a model; periodic validation, early stopping, safetensors checkpoints, loss plot.
+
+    Stages after MTP start from --init RUN and score ads with --simulator CASCADE_RUN.
+    """
     cfg = _config(preset, config, sets, seed)
+    if stage != "mtp":
+        _print_json(_train_stage(stage, init, simulator, cfg, out, arr))
+        return
+    if data is None:
+        raise GprInputError("--data DIR is required", field="data")
     if model == "cascade":
         from gpr.train.cascade.train import train_cascade
 
@@ -203,6 +217,45 @@ def train_cmd(
     _print_json({k: summary[k] for k in ("model", "best", "epochs_run", "seconds", "parameters")})
 
 
+STAGE_KEYS = ("stage", "best", "seconds", "first_reward", "last_reward", "epochs_run")
+
+
+def _train_stage(
+    stage: str, init: Path | None, simulator: Path | None, cfg: GprConfig, out: Path, arr: bool
+) -> dict[str, Any]:
+    from gpr.io import read_json
+
+    if stage not in ("vaft", "dpo", "hepo"):
+        raise GprInputError(f"unknown stage '{stage}' (mtp | vaft | dpo | hepo)", field="stage")
+    if init is None or not (init / "run.json").exists():
+        raise GprInputError("--init RUN (a trained run) is required", file=init, field="init")
+    if simulator is None:
+        raise GprInputError("--simulator CASCADE_RUN is required", field="simulator")
+    if arr and stage != "hepo":
+        raise GprInputError("--arr applies to --stage hepo only", field="arr")
+    if stage == "vaft":
+        from gpr.train.mtp import Prepared, train
+        from gpr.train.simulator import Simulator
+        from gpr.train.vaft import token_weights
+
+        info = read_json(init / "run.json")
+        sim = Simulator(simulator, info["data"])
+        ac = cfg.align
+
+        def weights(prep: Prepared) -> Any:
+            return token_weights(prep.journeys, sim, ac.vaft_weights, ac.vaft_clip)
+
+        meta = {"stage": "vaft", "init": str(init), "simulator": str(simulator)}
+        res = train(
+            info["data"], info["sids"], cfg, out, init=init, token_weight=weights, meta=meta
+        )
+    else:
+        from gpr.train.align import align
+
+        res = align(stage, init, simulator, cfg, out, arr)
+    return {k: res[k] for k in STAGE_KEYS if k in res}
+
+
 @app.command("eval")
 def eval_cmd(
     run: Annotated[Path, typer.Option("--run", help="run directory")],
@@ -215,12 +268,20 @@ def eval_cmd(
     data: Annotated[
         Path | None, typer.Option("--data", help="dataset (default: the run's)")
     ] = None,
+    value: Annotated[
+        bool, typer.Option("--value", help="ad world: nDCG / OPR / final_value over K candidates")
+    ] = False,
+    k: Annotated[int, typer.Option("--k", help="--value: candidates per request")] = 40,
 ) -> None:
     """Generative runs: Recall/NDCG@5,10, HitRate@100. Cascade runs: ranking AUC / GAUC."""
     from gpr.io import read_json, write_json
 
     info = read_json(run / "run.json")
-    if info.get("model") == "cascade":
+    if value:
+        from gpr.eval.value import value_eval
+
+        res = value_eval(run, split, k, limit if limit is not None else 2000)
+    elif info.get("model") == "cascade":
         from gpr.train.cascade.train import evaluate_ranking
 
         res = evaluate_ranking(run, data or Path(info["data"]), split)

@@ -179,6 +179,38 @@ class CascadeConfig(_Strict):
     threads: int | None = Field(1, ge=1)
 
 
+class AlignConfig(_Strict):
+    """Value alignment (spec §4.2-4.4): VAFT, DPO, HEPO and ARR (docs/alignment.md)."""
+
+    # VAFT (its epochs, lr and batch size are the `train` section's)
+    vaft_weights: Literal["paper", "simple"] = "paper"
+    vaft_clip: tuple[float, float] = (0.1, 10.0)
+    # rollouts shared by DPO and HEPO
+    steps: int = Field(200, ge=1)  # policy updates (one rollout batch each)
+    requests_per_step: int = Field(32, ge=1)
+    candidates: int = Field(40, ge=2)  # K per request, split evenly over the MTP heads
+    temperature: float = Field(1.0, gt=0)
+    lr: float = Field(1e-4, gt=0)
+    recent_days: int | None = Field(None, ge=1)  # sample requests of the last N train days only
+    eval_every: int = Field(50, ge=1)  # validation (mean simulator value of the top ad)
+    eval_requests: int = Field(200, ge=1)
+    # DPO
+    dpo_beta: float = Field(0.1, gt=0)
+    # HEPO
+    ppo_epochs: int = Field(2, ge=1)
+    clip: float = Field(0.2, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    gae_lambda: float = Field(0.95, ge=0, le=1)
+    process_alpha: list[float] = [0.1, 0.1, 0.1]  # α_l of the semantic levels (Eq. 7)
+    level_coef: list[float] | None = None  # c_l per decision (Eq. 9); None: 1 each
+    value_weight: float = Field(0.5, ge=0)  # Eq. 10
+    kl_weight: float = Field(0.01, ge=0)  # KL to the reference (the init run), 0 = none
+    # ARR
+    arr_share: float = Field(0.25, ge=0, le=1)  # share of a HEPO batch that is synthetic
+    arr_per_tier: tuple[int, int, int] = (1, 2, 4)  # synthetic requests per user, by tier
+    arr_recent: int = Field(8, ge=1)  # anchor on the user's last N train requests
+
+
 class GprConfig(_Strict):
     preset: Literal["tiny", "small", "base", "large"] = "small"
     seed: int = 7
@@ -187,6 +219,7 @@ class GprConfig(_Strict):
     model: ModelConfig = Field(default_factory=ModelConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
+    align: AlignConfig = Field(default_factory=AlignConfig)
 
 
 def _preset_dict(name: str) -> dict[str, Any]:

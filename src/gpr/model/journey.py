@@ -292,16 +292,23 @@ def collate(
     )
 
 
+def target_rows(j: Journeys, pos: np.ndarray, n_heads: int) -> np.ndarray:
+    """(len(pos), n_heads) token index of the h-th next I token after each position (-1: none).
+
+    May belong to a later user; `next_targets` / `collate` decide whether the target counts.
+    """
+    i_pos = np.nonzero(j.ttype == I)[0]
+    if not len(i_pos):
+        return np.full((len(pos), n_heads), -1, dtype=np.int64)
+    rank = np.cumsum(j.ttype == I)[pos]
+    k = rank[:, None] + np.arange(n_heads)[None, :]
+    return np.where(k < len(i_pos), i_pos[np.minimum(k, len(i_pos) - 1)], -1)
+
+
 def _target_split(j: Journeys, pos: np.ndarray, n_heads: int) -> np.ndarray:
     """Split of the h-th next I token after each position (the token that holds the label)."""
-    is_i = j.ttype == I
-    rank = np.cumsum(is_i)
-    i_pos = np.nonzero(is_i)[0]
-    out = np.full((len(pos), n_heads), -1, dtype=np.int64)
-    for h in range(n_heads):
-        k = np.minimum(rank[pos] + h, len(i_pos) - 1)
-        out[:, h] = j.split[i_pos[k]] if len(i_pos) else -1
-    return out
+    rows = target_rows(j, pos, n_heads)
+    return np.where(rows >= 0, j.split[np.maximum(rows, 0)], -1)
 
 
 def tail_windows(j: Journeys, positions: np.ndarray, max_len: int) -> list[Window]:

@@ -68,6 +68,16 @@ class Trie:
             node = torch.where(ok, nxt, -1)
         return out
 
+    def walk(self, paths: torch.Tensor) -> torch.Tensor:
+        """(N, D) full paths -> (N,) leaf node (-1 where a path leaves the trie)."""
+        node = torch.zeros(paths.shape[0], dtype=torch.long, device=paths.device)
+        for lv in range(self.depth):
+            code = paths[:, lv]
+            ok = (node >= 0) & (code >= 0) & (code < self.sizes[lv])
+            nxt = self.child[lv][node.clamp(min=0), code.clamp(0, self.sizes[lv] - 1)]
+            node = torch.where(ok, nxt, -1)
+        return node
+
     def eligible_counts(self, eligible: torch.Tensor) -> list[torch.Tensor]:
         """(B, A) bool over `items` -> per level l=1..D the (B, n_l) count of eligible leaves."""
         e = eligible.float()

@@ -41,6 +41,7 @@ from gpr.model.journey import (
     positions_for_split,
     prediction_mask,
     tail_windows,
+    target_rows,
 )
 from gpr.model.thoughts import item_topics, topic_table, window_thoughts
 from gpr.model.trie import Trie
@@ -209,22 +210,38 @@ def train(
     out: str | Path,
     model_name: str = "gpr",
     progress: bool = True,
+    init: str | Path | None = None,
+    token_weight: Callable[[Prepared], np.ndarray] | None = None,
+    meta: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train with early stopping on the validation split; writes RUN atomically."""
+    """Train with early stopping on the validation split; writes RUN atomically.
+
+    init: a run to start from (its model and model config; VAFT). token_weight: builds a (T,)
+    weight per journey token; each target's loss is weighted by its token's (VAFT's ω^V).
+    """
     t0 = time.perf_counter()
     tc = cfg.train
     if tc.threads:
         torch.set_num_threads(tc.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    mcfg = model_config_for(model_name, cfg.model)
+    init_info = read_json(Path(init) / "run.json") if init is not None else None
+    if init_info is not None:
+        model_name = init_info["model"]
+        mcfg = ModelConfig.model_validate(init_info["model_config"])
+    else:
+        mcfg = model_config_for(model_name, cfg.model)
     prep = prepare(data_dir, sids_dir, mcfg, cfg.tokenizer.codebook_size)
+    tok_w = token_weight(prep) if token_weight is not None else None
     dev = _device(tc.device)
     j = prep.journeys
     train_pos = positions_for_split(j, prep.pred_mask, "train")
     windows = make_windows(j, mcfg.max_len, train_pos)
     valid_pos = eval_positions(prep, "valid", tc.max_eval_requests, cfg.seed)
-    model = build_model(prep, mcfg, model_name).to(dev)
+    model = build_model(prep, mcfg, model_name)
+    if init is not None:
+        load_weights(model, Path(init))
+    model = model.to(dev)
     trie = prep.trie.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     steps_per_epoch = math.ceil(len(windows) / tc.batch_size)
@@ -245,7 +262,11 @@ def train(
             for s in bar:
                 batch = [windows[i] for i in order[s * tc.batch_size : (s + 1) * tc.batch_size]]
                 b = prep.batch(batch, (SPLIT_CODE["train"],), mcfg.max_len, mcfg.thought_tokens)
-                parts = model.loss(b.to(dev), trie)
+                w = None
+                if tok_w is not None:
+                    rows = target_rows(j, b.position.numpy(), mcfg.mtp_heads)
+                    w = torch.from_numpy(tok_w[np.maximum(rows, 0)]).float().to(dev)
+                parts = model.loss(b.to(dev), trie, w)
                 opt.zero_grad(set_to_none=True)
                 parts["loss"].backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -294,6 +315,8 @@ def train(
             "parameters": sum(p.numel() for p in model.parameters()),
             "seconds": round(time.perf_counter() - t0, 1),
             "device": str(dev),
+            "stage": "mtp",
+            **(meta or {}),
         }
         write_json(tmp / "run.json", summary)
         plot_losses(log, tmp / "loss.png")
@@ -339,11 +362,28 @@ def load_run(
     codebook = GprConfig.model_validate(info["config"]).tokenizer.codebook_size
     prep = prepare(info["data"], info["sids"], mcfg, codebook)
     model = build_model(prep, mcfg, info.get("model", "gpr"))
+    load_weights(model, run_dir)
+    return model.to(_device(device)), prep, info
+
+
+OPTIONAL_KEYS = ("hte.critic",)  # added after MTP runs were first saved; HEPO trains them
+
+
+def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
+    """Load RUN/model.safetensors; only keys in OPTIONAL_KEYS may be missing from older runs."""
     path = run_dir / "model.safetensors"
     if not path.exists():
         raise GprInputError("file not found (training stored no checkpoint)", file=path)
-    model.load_state_dict(load_file(str(path)))
-    return model.to(_device(device)), prep, info
+    res = model.load_state_dict(load_file(str(path)), strict=False)
+    missing = [k for k in res.missing_keys if not k.startswith(OPTIONAL_KEYS)]
+    if missing or res.unexpected_keys:
+        bad = (missing or res.unexpected_keys)[0]
+        raise GprInputError(
+            f"checkpoint does not fit the model ({len(missing)} missing, "
+            f"{len(res.unexpected_keys)} unexpected tensors)",
+            file=path,
+            field=bad,
+        )
 
 
 def evaluate_run(

@@ -1,0 +1,277 @@
+"""The alignment loop shared by DPO and HEPO (spec §4.3-4.4), with ARR mixed into HEPO batches.
+
+    gpr train --stage dpo  --init RUN --simulator CASCADE_RUN --out RUN_DPO
+    gpr train --stage hepo --init RUN --simulator CASCADE_RUN --out RUN_HEPO [--arr]
+
+Each step draws `requests_per_step` train requests (a share `arr_share` of them synthetic with
+--arr), samples K candidates per request inside its eligible-ad trie, scores them with the
+simulator and takes one policy update (DPO) or `ppo_epochs` of them (HEPO). Dropout is off
+throughout, so sampling and updating see the same policy. Every `eval_every` steps: the mean
+simulator value of the policy's top ad on held-out valid requests; the best checkpoint is kept.
+The run directory is like an MTP run's (a policy for `gpr simulate`), with metrics.jsonl per step.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import save_file
+from tqdm import tqdm
+
+from gpr.config import AlignConfig, GprConfig
+from gpr.errors import GprInputError
+from gpr.io import atomic_dir, write_json
+from gpr.model.gpr import GPRModel
+from gpr.model.journey import positions_for_split
+from gpr.model.trie import Trie
+from gpr.train.arr import synthetic_requests
+from gpr.train.dpo import dpo_loss, preference_pairs
+from gpr.train.hepo import (
+    gae,
+    leaf_zscore,
+    positive_history,
+    ppo_loss,
+    process_rewards,
+    value_loss,
+)
+from gpr.train.mtp import load_run
+from gpr.train.rollout import (
+    RequestContext,
+    RequestSet,
+    Rollout,
+    level_dists,
+    level_kl,
+    sample,
+    taken,
+)
+from gpr.train.simulator import Simulator
+
+STAGES = ("dpo", "hepo")
+
+
+class Aligner:
+    """State of one alignment run: policy, frozen reference, simulator, request pools."""
+
+    def __init__(
+        self, init: Path, simulator: Path, cfg: GprConfig, stage: str, arr: bool = False
+    ) -> None:
+        if stage not in STAGES:
+            raise GprInputError(f"unknown stage '{stage}' (choose from {STAGES})", field="stage")
+        model, prep, info = load_run(init)
+        if not isinstance(model, GPRModel):
+            raise GprInputError(f"{stage} needs a gpr/hstu run", file=init, field="model")
+        if stage == "hepo" and model.hte is None:
+            raise GprInputError("HEPO needs HTE as its critic (model.hte)", file=init, field="hte")
+        self.model, self.prep, self.info = model.eval(), prep, info
+        self.ref = copy.deepcopy(model).eval().requires_grad_(False)
+        self.stage, self.arr, self.ac = stage, arr, cfg.align
+        self.sim = Simulator(simulator, info["data"])
+        self.ctx = RequestContext(prep, self.sim.logs.ads, self.sim.logs.users)
+        self.trie: Trie = prep.trie
+        self.rng = np.random.default_rng(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        j = prep.journeys
+        self.train_pos = positions_for_split(j, prep.pred_mask, "train")
+        if self.ac.recent_days is not None:
+            last = int(j.day[self.train_pos].max())
+            self.train_pos = self.train_pos[j.day[self.train_pos] > last - self.ac.recent_days]
+        valid = positions_for_split(j, prep.pred_mask, "valid")
+        n_val = min(self.ac.eval_requests, len(valid))
+        self.valid = RequestSet(np.sort(self.rng.choice(valid, n_val, replace=False)))
+        if not len(self.train_pos) or not n_val:
+            raise GprInputError("no train or valid requests to align on", field="split")
+        self.opt = torch.optim.AdamW(model.parameters(), lr=self.ac.lr, weight_decay=0.0)
+        self.reward_scale: float | None = None
+        n_lv = prep.sids.levels
+        if len(self.ac.process_alpha) != n_lv:
+            raise GprInputError(
+                f"needs {n_lv} values (one per semantic level)", field="align.process_alpha"
+            )
+        coef = self.ac.level_coef or [1.0] * self.trie.depth
+        if len(coef) != self.trie.depth:
+            raise GprInputError(f"needs {self.trie.depth} values", field="align.level_coef")
+        self.coef = torch.tensor(coef)
+
+    # --- requests ------------------------------------------------------------------------------
+    def draw(self) -> RequestSet:
+        ac = self.ac
+        n_syn = round(ac.requests_per_step * ac.arr_share) if self.arr else 0
+        real = RequestSet(self.rng.choice(self.train_pos, ac.requests_per_step - n_syn))
+        if not n_syn:
+            return real
+        syn = synthetic_requests(
+            self.prep.journeys,
+            self.sim.logs.users,
+            self.train_pos,
+            ac.arr_per_tier,
+            ac.arr_recent,
+            self.rng,
+        )
+        pick = self.rng.choice(len(syn), min(n_syn, len(syn)), replace=False)
+        return RequestSet.concat([real, syn.take(pick)])
+
+    def _prepare(self, req: RequestSet) -> tuple[RequestSet, Any, list[torch.Tensor]]:
+        elig = self.ctx.eligible(req)
+        keep = elig.any(1).numpy()
+        req = req.take(np.nonzero(keep)[0])
+        cfg = self.model.cfg
+        b = self.ctx.batch(req, cfg.max_len, cfg.thought_tokens)
+        return req, b, self.trie.eligible_counts(elig[torch.from_numpy(keep)])
+
+    def rewards(self, req: RequestSet, roll: Rollout) -> np.ndarray:
+        r = roll.req.numpy()
+        env = None if req.env is None else req.env[r]
+        s = self.sim.score(self.ctx.request_ids(req)[r], roll.item.numpy()[:, None], env)
+        return s.value[:, 0]
+
+    # --- one step ------------------------------------------------------------------------------
+    def step(self) -> dict[str, float]:
+        req, b, counts = self._prepare(self.draw())
+        roll = sample(
+            self.model, b, self.trie, counts, self.ac.candidates, self.ac.temperature, self.gen
+        )
+        value = self.rewards(req, roll)
+        row = {"reward": float(value.mean()), "reward_max": float(value.max())}
+        if self.stage == "dpo":
+            row.update(self._dpo(b, counts, roll, value))
+        else:
+            row.update(self._hepo(b, counts, roll, value))
+        return row
+
+    def _update(self, loss: torch.Tensor) -> None:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+
+    def _dpo(
+        self, b: Any, counts: list[torch.Tensor], roll: Rollout, value: np.ndarray
+    ) -> dict[str, float]:
+        group = roll.req.numpy() * self.model.cfg.mtp_heads + roll.head.numpy()
+        w, lo = preference_pairs(value, group)
+        if not len(w):
+            return {"pairs": 0.0}
+        idx = torch.from_numpy(np.r_[w, lo])
+        sub = Rollout(roll.req[idx], roll.head[idx], roll.codes[idx], roll.item[idx])
+        with torch.no_grad():
+            ref = taken(level_dists(self.ref, b, self.trie, counts, sub)[0], sub.codes).sum(1)
+        pi = taken(level_dists(self.model, b, self.trie, counts, sub)[0], sub.codes).sum(1)
+        n = len(w)
+        loss, acc = dpo_loss(pi[:n], pi[n:], ref[:n], ref[n:], self.ac.dpo_beta)
+        self._update(loss)
+        return {"loss": loss.item(), "pref_acc": acc.item(), "pairs": float(n)}
+
+    def _hepo(
+        self, b: Any, counts: list[torch.Tensor], roll: Rollout, value: np.ndarray
+    ) -> dict[str, float]:
+        ac, model = self.ac, self.model
+        assert model.hte is not None
+        n_lv = self.prep.sids.levels
+        mean = float(value.mean())
+        self.reward_scale = (
+            mean if self.reward_scale is None else 0.9 * self.reward_scale + 0.1 * mean
+        )
+        big_r = torch.from_numpy(value).float() / max(self.reward_scale, 1e-12)
+        with torch.no_grad():
+            lps, legal, h = level_dists(model, b, self.trie, counts, roll)
+            old = taken(lps, roll.codes)
+            ref = level_dists(self.ref, b, self.trie, counts, roll)[0] if ac.kl_weight > 0 else None
+            hist, positive = positive_history(b, roll.req)
+            proc = process_rewards(hist, positive, roll.codes, legal[:n_lv], ac.process_alpha)
+            rewards = torch.cat([proc, big_r[:, None]], 1)
+            v = model.hte.critic_values(h, model.embed.prefix(roll.codes[:, :n_lv]))
+            adv, ret = gae(rewards, v, ac.gamma, ac.gae_lambda)
+            adv[:, -1] = leaf_zscore(big_r, roll.req)
+        out: dict[str, float] = {
+            "process_reward": float(proc.sum(1).mean()),
+            **{f"adv_l{lv}_mean": float(adv[:, lv].mean()) for lv in range(adv.shape[1])},
+            **{f"adv_l{lv}_std": float(adv[:, lv].std()) for lv in range(adv.shape[1])},
+        }
+        for _ in range(ac.ppo_epochs):
+            lps, _, h = level_dists(model, b, self.trie, counts, roll)
+            pl, frac = ppo_loss(taken(lps, roll.codes), old, adv, ac.clip, self.coef)
+            vl = value_loss(
+                model.hte.critic_values(h, model.embed.prefix(roll.codes[:, :n_lv])), ret
+            )
+            kl = level_kl(lps, ref).sum(1).mean() if ref is not None else torch.zeros(())
+            loss = pl + ac.value_weight * vl + ac.kl_weight * kl
+            self._update(loss)
+        out.update(loss=loss.item(), policy_loss=pl.item(), value_loss=vl.item(), kl=kl.item())
+        out["clip_frac"] = float(frac)
+        return out
+
+    # --- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate(self, beam: int = 20) -> float:
+        """Mean simulator value of the policy's top-ranked eligible ad on the valid requests."""
+        req, b, _ = self._prepare(self.valid)
+        items, _ = self.model.generate(b, self.trie, beam, self.ctx.eligible(req))
+        top = items[:, :1].numpy()
+        s = self.sim.score(self.ctx.request_ids(req), top)
+        return float(np.where(top >= 0, s.value, 0.0).mean())
+
+
+def align(
+    stage: str,
+    init: str | Path,
+    simulator: str | Path,
+    cfg: GprConfig,
+    out: str | Path,
+    arr: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run DPO or HEPO from `init`; writes a run directory atomically (see module docstring)."""
+    t0 = time.perf_counter()
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.seed)
+    al = Aligner(Path(init), Path(simulator), cfg, stage, arr)
+    ac: AlignConfig = cfg.align
+    best = {"valid_value": al.validate(), "step": 0}
+    log: list[dict[str, Any]] = [{"step": 0, "valid_value": best["valid_value"]}]
+    quiet = not (progress and sys.stderr.isatty())
+    with atomic_dir(out) as tmp:
+        state = {k: v.clone() for k, v in al.model.state_dict().items()}
+        bar = tqdm(range(1, ac.steps + 1), desc=stage, disable=quiet, leave=False)
+        for s in bar:
+            row: dict[str, Any] = {"step": s, **al.step()}
+            if s % ac.eval_every == 0 or s == ac.steps:
+                row["valid_value"] = al.validate()
+                if row["valid_value"] > best["valid_value"]:
+                    best = {"valid_value": row["valid_value"], "step": s}
+                    state = {k: v.clone() for k, v in al.model.state_dict().items()}
+                if progress:
+                    print(
+                        f"{stage} step {s}: reward {row['reward']:.4f} "
+                        f"valid value {row['valid_value']:.4f}",
+                        flush=True,
+                    )
+            log.append(row)
+            bar.set_postfix(reward=f"{row['reward']:.4f}")
+        with open(tmp / "metrics.jsonl", "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in log)
+        save_file(
+            {k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors")
+        )
+        info = {k: v for k, v in al.info.items() if k not in ("epochs_run", "train_windows")}
+        config = {**info["config"], "align": ac.model_dump(mode="json"), "seed": cfg.seed}
+        info.update(
+            config=GprConfig.model_validate(config).model_dump(mode="json"),
+            stage=f"{stage}+arr" if arr else stage,
+            init=str(init),
+            simulator=str(simulator),
+            best=best,
+            steps=ac.steps,
+            first_reward=float(np.mean([r["reward"] for r in log[1 : 1 + ac.eval_every]])),
+            last_reward=float(np.mean([r["reward"] for r in log[-ac.eval_every :]])),
+            seconds=round(time.perf_counter() - t0, 1),
+        )
+        write_json(tmp / "run.json", info)
+    return info
