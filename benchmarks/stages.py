@@ -1,0 +1,236 @@
+"""The stage benchmark (issue 6): MTP → +VAFT → +DPO → +HEPO → +HEPO with ARR, and vs the cascade.
+
+    python benchmarks/stages.py --seeds 7 [--preset small] [--beam 20] [--set align.steps=200]
+    python benchmarks/stages.py --seeds 7 8 9 --report     # tables from the cached seeds
+
+Per seed, under --work/s{seed} (every step is cached and skipped when its output exists, so an
+interrupted run resumes): the world (`--cache`, shared with benchmarks/business.py), RQ-Kmeans+
+SIDs, the cascade (the simulator's ranking models and the baseline), GPR MTP, then VAFT from MTP,
+DPO from VAFT, HEPO from DPO and HEPO with ARR from DPO. Each run gets the value evaluation
+(`gpr eval --value`, K = 40 on `--value-limit` test requests) and the test-day replay
+(`gpr simulate`, beam `--beam` per MTP head). Writes docs/results/stages.md (--out).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from business import ms, pct, world  # noqa: E402
+
+from gpr.config import GprConfig, load_config  # noqa: E402
+from gpr.eval.simulate import SimData, simulate  # noqa: E402
+from gpr.eval.value import value_eval  # noqa: E402
+from gpr.serve.policy import GenerativePolicy  # noqa: E402
+from gpr.tokenizer.pipeline import run_tokenize  # noqa: E402
+from gpr.train.align import align  # noqa: E402
+from gpr.train.cascade.serve import CascadePolicy  # noqa: E402
+from gpr.train.cascade.train import train_cascade  # noqa: E402
+from gpr.train.mtp import Prepared, train  # noqa: E402
+from gpr.train.simulator import Simulator  # noqa: E402
+from gpr.train.vaft import token_weights  # noqa: E402
+
+STAGES = ("mtp", "vaft", "dpo", "hepo", "hepo_arr")
+LABEL = {
+    "mtp": "MTP",
+    "vaft": "+VAFT",
+    "dpo": "+DPO",
+    "hepo": "+HEPO",
+    "hepo_arr": "+HEPO with ARR",
+}
+SIM_KEYS = ("rpm", "ctr", "cvr", "ctcvr", "gmv_per_mille")
+
+
+def _timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    out = fn(*a, **kw)
+    return out, time.perf_counter() - t0
+
+
+def train_stages(cfg: GprConfig, wdir: Path, work: Path, cache: Path, seed: int) -> dict[str, Any]:
+    secs: dict[str, float] = {}
+    tok = work / "sids"
+    if not (tok / "sids.parquet").exists():
+        _, secs["sids"] = _timed(run_tokenize, wdir, cfg, tok)
+    casc = cache / f"cascade_s{seed}"
+    if not (casc / "run.json").exists():
+        _, secs["cascade"] = _timed(train_cascade, wdir, cfg.cascade, seed, casc)
+    runs = {s: work / s for s in STAGES}
+    if not (runs["mtp"] / "run.json").exists():
+        _, secs["mtp"] = _timed(train, wdir, tok, cfg, runs["mtp"], "gpr", False)
+    if not (runs["vaft"] / "run.json").exists():
+        sim = Simulator(casc, wdir)
+        ac = cfg.align
+
+        def weights(prep: Prepared) -> np.ndarray:
+            return token_weights(prep.journeys, sim, ac.vaft_weights, ac.vaft_clip)
+
+        meta = {"stage": "vaft", "init": str(runs["mtp"]), "simulator": str(casc)}
+        _, secs["vaft"] = _timed(
+            train, wdir, tok, cfg, runs["vaft"], "gpr", False, runs["mtp"], weights, meta
+        )
+    for stage, init, arr in (
+        ("dpo", "vaft", False),
+        ("hepo", "dpo", False),
+        ("hepo_arr", "dpo", True),
+    ):
+        if not (runs[stage] / "run.json").exists():
+            kind = "dpo" if stage == "dpo" else "hepo"
+            _, secs[stage] = _timed(align, kind, runs[init], casc, cfg, runs[stage], arr, False)
+    return {"runs": runs, "cascade": casc, "seconds": secs}
+
+
+def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
+    work = args.work / f"s{seed}"
+    res_path = work / "result.json"
+    res: dict[str, Any] = json.loads(res_path.read_text()) if res_path.exists() else {}
+    cfg = load_config(args.preset, overrides=args.set, seed=seed)
+    wdir = world(args.preset, seed, args.cache)
+    t = train_stages(cfg, wdir, work, args.cache, seed)
+    res.setdefault("train_seconds", {}).update(t["seconds"])
+    data = SimData.load(wdir)
+    if "cascade" not in res.get("sim", {}):
+        pol = CascadePolicy(t["cascade"], wdir, logs=data.logs)
+        res.setdefault("sim", {})["cascade"] = simulate(pol, data)
+    for stage in STAGES:
+        run = t["runs"][stage]
+        if stage not in res.get("value", {}):
+            res.setdefault("value", {})[stage] = value_eval(run, "test", 40, args.value_limit)
+        if stage not in res["sim"]:
+            res["sim"][stage] = simulate(GenerativePolicy(run, wdir, beam=args.beam), data)
+        info = json.loads((run / "run.json").read_text())
+        res.setdefault("runs", {})[stage] = {
+            k: info.get(k) for k in ("stage", "best", "seconds", "first_reward", "last_reward")
+        }
+        print(
+            f"seed {seed} {stage}: rpm {res['sim'][stage]['rpm']:.2f} "
+            f"ndcg {res['value'][stage]['ndcg_value']:.4f}",
+            file=sys.stderr,
+            flush=True,
+        )
+        res_path.write_text(json.dumps(res, indent=2, default=float))
+    return res
+
+
+def report(res: list[dict[str, Any]]) -> str:
+    lines = [
+        "| stage | nDCG | OPR | avg final_value | max final_value | RPM | CTR | CTCVR | GMV / mille |",
+        "|---|" + "---|" * 8,
+    ]
+    for stage in STAGES:
+        v = [r["value"][stage] for r in res]
+        s = [r["sim"][stage] for r in res]
+        lines.append(
+            f"| {LABEL[stage]} | {ms([x['ndcg_value'] for x in v], '{:.4f}')} | "
+            f"{ms([x['opr'] for x in v], '{:.4f}')} | "
+            f"{ms([x['avg_final_value'] for x in v], '{:.4f}')} | "
+            f"{ms([x['max_final_value'] for x in v], '{:.4f}')} | "
+            f"{ms([x['rpm'] for x in s])} | {pct([x['ctr'] for x in s])} | "
+            f"{pct([x['ctcvr'] for x in s], 3)} | {ms([x['gmv_per_mille'] for x in s], '{:.1f}')} |"
+        )
+    c = [r["sim"]["cascade"] for r in res]
+    lines.append(
+        f"| cascade | | | | | {ms([x['rpm'] for x in c])} | {pct([x['ctr'] for x in c])} | "
+        f"{pct([x['ctcvr'] for x in c], 3)} | {ms([x['gmv_per_mille'] for x in c], '{:.1f}')} |"
+    )
+    per_seed = ["| seed | " + " | ".join(LABEL[s] for s in STAGES) + " | cascade |"]
+    per_seed.append("|---|" + "---|" * (len(STAGES) + 1))
+    for r in res:
+        cells = [f"{r['sim'][s]['rpm']:.2f}" for s in (*STAGES, "cascade")]
+        per_seed.append(f"| {r['seed']} | " + " | ".join(cells) + " |")
+
+    def rel(stage: str, key: str) -> list[float]:
+        return [r["sim"][stage][key] / r["sim"]["cascade"][key] - 1 for r in res]
+
+    best = "hepo_arr"
+    vs = [
+        "| metric | full GPR (HEPO with ARR) vs cascade |",
+        "|---|---|",
+        *(f"| {k} | {pct(rel(best, k), 1)} |" for k in SIM_KEYS),
+    ]
+    seg = [
+        "| policy | RPM new ads | RPM old ads | CTCVR new | CTCVR old | RPM low tier | "
+        "RPM mid tier | RPM high tier |",
+        "|---|" + "---|" * 7,
+    ]
+    for p in ("cascade", *STAGES):
+        g = [r["sim"][p]["segments"] for r in res]
+        name = LABEL.get(p, p)
+        seg.append(
+            f"| {name} | {ms([x['new_ads']['rpm'] for x in g])} | "
+            f"{ms([x['old_ads']['rpm'] for x in g])} | "
+            f"{pct([x['new_ads']['ctcvr'] for x in g], 3)} | "
+            f"{pct([x['old_ads']['ctcvr'] for x in g], 3)} | "
+            f"{ms([x['tier_low']['rpm'] for x in g])} | {ms([x['tier_mid']['rpm'] for x in g])} | "
+            f"{ms([x['tier_high']['rpm'] for x in g])} |"
+        )
+    times = ["| step | seconds |", "|---|---|"]
+    keys = sorted({k for r in res for k in r.get("train_seconds", {})})
+    for k in keys:
+        vals = [r["train_seconds"][k] for r in res if k in r.get("train_seconds", {})]
+        times.append(f"| train {k} | {ms(vals, '{:.0f}')} |")
+    for p in ("cascade", *STAGES):
+        times.append(
+            f"| replay, {LABEL.get(p, p)} | {ms([r['sim'][p]['seconds'] for r in res], '{:.0f}')} |"
+        )
+    return "\n\n".join(
+        [
+            "## Stages (test day; value metrics over K = 40 sampled candidates per request)\n\n"
+            + "\n".join(lines),
+            "RPM per seed:\n\n" + "\n".join(per_seed),
+            "## Full GPR vs the cascade\n\n" + "\n".join(vs),
+            "## Segments\n\n" + "\n".join(seg),
+            "## Wall time\n\n" + "\n".join(times),
+        ]
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="small")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+    ap.add_argument("--cache", type=Path, default=Path("out/bench"))
+    ap.add_argument("--work", type=Path, default=Path("out/bench/stages"))
+    ap.add_argument("--beam", type=int, default=20, help="replay beam per MTP head")
+    ap.add_argument("--value-limit", type=int, default=1000)
+    ap.add_argument("--set", action="append", default=[], help="config override (all stages)")
+    ap.add_argument("--report", action="store_true", help="only tabulate the cached seeds")
+    ap.add_argument("--out", type=Path, default=Path("docs/results/stages.md"))
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    if args.report:
+        res = [json.loads((args.work / f"s{s}" / "result.json").read_text()) for s in args.seeds]
+    else:
+        res = [evaluate_seed(args, s) for s in args.seeds]
+    for r, s in zip(res, args.seeds, strict=True):
+        r["seed"] = s
+    body = report(res)
+    print(body)
+    if args.report:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+        ).stdout.strip()
+        machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+        head = (
+            f"# Value alignment: the stage table\n\n`python benchmarks/stages.py "
+            f"{' '.join(sys.argv[1:])}` — preset {args.preset}, seeds "
+            f"{', '.join(map(str, args.seeds))} (mean ± std); {machine}; commit {commit}; "
+            f"{datetime.date.today().isoformat()}; {time.perf_counter() - t0:.0f} s.\n"
+        )
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(head + "\n" + body + "\n")
+
+
+if __name__ == "__main__":
+    main()
