@@ -49,6 +49,7 @@ LABEL = {
     "hepo": "+HEPO",
     "hepo_arr": "+HEPO with ARR",
 }
+VALUE_RANKED = ("mtp", "hepo_arr")
 SIM_KEYS = ("rpm", "ctr", "cvr", "ctcvr", "gmv_per_mille")
 
 
@@ -120,12 +121,20 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             flush=True,
         )
         res_path.write_text(json.dumps(res, indent=2, default=float))
+    for stage in VALUE_RANKED:  # the same runs, ranked by HTE's value (serve.rank_by=value)
+        key = f"{stage}+value"
+        if key not in res["sim"]:
+            pol = GenerativePolicy(t["runs"][stage], wdir, beam=args.beam, rank_by="value")
+            res["sim"][key] = simulate(pol, data)
+            print(f"seed {seed} {key}: rpm {res['sim'][key]['rpm']:.2f}", file=sys.stderr)
+            res_path.write_text(json.dumps(res, indent=2, default=float))
     return res
 
 
 def report(res: list[dict[str, Any]]) -> str:
     lines = [
-        "| stage | nDCG | OPR | avg final_value | max final_value | RPM | CTR | CTCVR | GMV / mille |",
+        "| stage | nDCG | OPR | avg final_value | max final_value | RPM | CTR | CTCVR "
+        "| GMV / mille |",
         "|---|" + "---|" * 8,
     ]
     for stage in STAGES:
@@ -137,6 +146,15 @@ def report(res: list[dict[str, Any]]) -> str:
             f"{ms([x['avg_final_value'] for x in v], '{:.4f}')} | "
             f"{ms([x['max_final_value'] for x in v], '{:.4f}')} | "
             f"{ms([x['rpm'] for x in s])} | {pct([x['ctr'] for x in s])} | "
+            f"{pct([x['ctcvr'] for x in s], 3)} | {ms([x['gmv_per_mille'] for x in s], '{:.1f}')} |"
+        )
+    for key in (f"{x}+value" for x in VALUE_RANKED):
+        if not all(key in r["sim"] for r in res):
+            continue
+        s = [r["sim"][key] for r in res]
+        name = LABEL[key.split("+")[0]] + ", ranked by HTE value"
+        lines.append(
+            f"| {name} | | | | | {ms([x['rpm'] for x in s])} | {pct([x['ctr'] for x in s])} | "
             f"{pct([x['ctcvr'] for x in s], 3)} | {ms([x['gmv_per_mille'] for x in s], '{:.1f}')} |"
         )
     c = [r["sim"]["cascade"] for r in res]

@@ -211,6 +211,13 @@ class AlignConfig(_Strict):
     arr_recent: int = Field(8, ge=1)  # anchor on the user's last N train requests
 
 
+class ServeConfig(_Strict):
+    """Serving a generative run (spec §5): how the union of the MTP heads' beams is ranked."""
+
+    rank_by: Literal["logprob", "value"] = "logprob"  # value: bid x HTE pCTR x HTE pCVR
+    beam: int | None = Field(None, ge=1)  # per MTP head; None: train.beam
+
+
 class GprConfig(_Strict):
     preset: Literal["tiny", "small", "base", "large"] = "small"
     seed: int = 7
@@ -220,6 +227,7 @@ class GprConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
+    serve: ServeConfig = Field(default_factory=ServeConfig)
 
 
 def _preset_dict(name: str) -> dict[str, Any]:

@@ -168,6 +168,17 @@ class GPRModel(nn.Module):
             scores.append(sc)
         return merge_ranked(torch.cat(items, 1), torch.cat(scores, 1), beam)
 
+    @torch.no_grad()
+    def hte_probs(self, b: Batch, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """HTE's pCTR and pCVR of candidate paths `codes` (P, N, L) for each prediction of b."""
+        if self.hte is None:
+            raise ValueError("this model has no HTE (model.hte = false)")
+        h, _, _ = self.encode(b)
+        p, n, n_lv = codes.shape
+        pre = self.embed.prefix(codes.clamp(min=0)).reshape(p * n, n_lv, -1)
+        v = self.hte(h.repeat_interleave(n, dim=0), pre)
+        return torch.sigmoid(v["ctr"]).reshape(p, n), torch.sigmoid(v["cvr"]).reshape(p, n)
+
 
 def beam_search(
     model: GPRModel, prefix: torch.Tensor, trie: Trie, beam: int, counts: list[torch.Tensor] | None

@@ -2,8 +2,8 @@
 
 For each request the model reads the journey up to (and including) the request's E token, then
 decodes inside the trie of the ads eligible for that request; every generated ad exists and may be
-shown. Ads are ranked by the model's log-probability (value-guided ranking with HTE comes with
-issue 6).
+shown. The union of the MTP heads' beams is ranked by the run's `serve.rank_by`: `logprob` (the
+path log-probability) or `value` (bid x HTE pCTR x HTE pCVR, the model's own auction: spec §5).
 """
 
 from __future__ import annotations
@@ -13,17 +13,35 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpr.config import ServeConfig
+from gpr.errors import GprInputError
 from gpr.eval.policy import Ranked, RequestBatch
-from gpr.model.journey import E, tail_windows
+from gpr.model.gpr import GPRModel
+from gpr.model.journey import Batch, E, tail_windows
 from gpr.train.mtp import load_run
 
 
 class GenerativePolicy:
-    def __init__(self, run_dir: Path, data_dir: Path, beam: int | None = None) -> None:
+    def __init__(
+        self,
+        run_dir: Path,
+        data_dir: Path,
+        beam: int | None = None,
+        rank_by: str | None = None,
+    ) -> None:
         self.model, self.prep, info = load_run(run_dir)
         self.model.eval()
-        self.name = f"{info['model']}:{Path(run_dir).name}"
-        self.beam = beam or int(info["config"]["train"]["beam"])
+        serve = ServeConfig.model_validate(info["config"].get("serve", {}))
+        self.rank_by = rank_by or serve.rank_by
+        if self.rank_by not in ("logprob", "value"):
+            raise GprInputError(f"unknown ranking '{self.rank_by}'", field="serve.rank_by")
+        if self.rank_by == "value" and not (
+            isinstance(self.model, GPRModel) and self.model.hte is not None
+        ):
+            raise GprInputError("rank_by value needs a run with HTE", file=run_dir, field="hte")
+        suffix = "" if self.rank_by == "logprob" else "+value"
+        self.name = f"{info['model']}:{Path(run_dir).name}{suffix}"
+        self.beam = beam or serve.beam or int(info["config"]["train"]["beam"])
         j = self.prep.journeys
         e_rows = np.nonzero((j.ttype == E) & (j.request >= 0))[0]
         self.pos_of = np.full(int(j.request.max()) + 1, -1, dtype=np.int64)
@@ -50,7 +68,22 @@ class GenerativePolicy:
         cols = self._columns(batch)
         elig = np.where(cols[None, :] >= 0, batch.eligible[:, np.maximum(cols, 0)], False)
         items, scores = self.model.generate(b, prep.trie, self.beam, torch.from_numpy(elig))
+        if self.rank_by == "value":
+            items, scores = self._by_value(b, items, batch)
         m = min(batch.m, items.shape[1])
         ads = items[:, :m].numpy()
         values = np.where(ads >= 0, scores[:, :m].numpy(), np.nan)
         return Ranked(ads, values)
+
+    def _by_value(
+        self, b: Batch, items: torch.Tensor, batch: RequestBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Re-rank the candidates by bid x HTE pCTR x HTE pCVR (expected revenue)."""
+        assert isinstance(self.model, GPRModel)
+        codes = torch.from_numpy(self.prep.sids.codes[items.clamp(min=0).numpy()])
+        ctr, cvr = self.model.hte_probs(b, codes)
+        a = batch.ads.index_of(items.numpy())
+        bid = torch.from_numpy(np.where(a >= 0, batch.ads.bid[np.maximum(a, 0)], 0.0)).float()
+        value = torch.where(items >= 0, bid * ctr * cvr, -torch.inf)
+        order = value.argsort(dim=1, descending=True)
+        return items.gather(1, order), value.gather(1, order)
