@@ -197,6 +197,10 @@ def train_cmd(
     if stage != "mtp":
         _print_json(_train_stage(stage, init, simulator, cfg, out, arr))
         return
+    if init is not None or simulator is not None or arr:
+        raise GprInputError(
+            "--init, --simulator and --arr need --stage vaft|dpo|hepo", field="stage"
+        )
     if data is None:
         raise GprInputError("--data DIR is required", field="data")
     if model == "cascade":

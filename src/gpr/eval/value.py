@@ -4,7 +4,8 @@ For each test request the policy samples K = 40 candidates inside the request's 
 (duplicates dropped) and orders them by its path log-probability. Their *true* values (the hidden
 truth: bid x pCTR x pCVR) are min-max normalised per request over all the ads eligible for it, so
 1 is the best ad the request could have had and 0 the worst. Keys:
-- `ndcg_value`: nDCG of the policy's order with the normalised true values as gains;
+- `ndcg_value`: nDCG of the policy's order with the normalised true values as gains (requests
+  whose candidates are all worth the same are left out);
 - `opr`: the share of candidate pairs (of different true value) the policy orders as the truth;
 - `avg_final_value` / `max_final_value`: mean / max normalised true value of the K, averaged.
 """
@@ -24,19 +25,20 @@ from gpr.eval.history import LogData
 from gpr.eval.policy import Oracle, RequestBatch
 from gpr.eval.simulate import SimData
 from gpr.model.gpr import GPRModel
-from gpr.model.journey import positions_for_split
+from gpr.model.journey import SPLIT_CODE, positions_for_split
 from gpr.train.mtp import load_run
 from gpr.train.rollout import RequestContext, RequestSet, level_dists, sample, taken
 
 
 def ndcg_value(scores: np.ndarray, gains: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(B,) nDCG of ordering each row by `scores` with `gains` (>= 0); invalid entries ignored."""
+    """(B,) nDCG of ordering each row by `scores` with `gains` (>= 0); invalid entries ignored.
+    NaN where no ordering can matter (all gains 0: e.g. one eligible ad, or all of equal value)."""
     s = np.where(valid, scores, -np.inf)
     g = np.where(valid, gains, 0.0)
     disc = 1.0 / np.log2(np.arange(2, s.shape[1] + 2))
     dcg = (np.take_along_axis(g, np.argsort(-s, axis=1, kind="stable"), 1) * disc).sum(1)
     idcg = (-np.sort(-g, axis=1) * disc).sum(1)
-    return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), 0.0)
+    return np.where(idcg > 0, dcg / np.where(idcg > 0, idcg, 1.0), np.nan)
 
 
 def opr(scores: np.ndarray, values: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -54,6 +56,8 @@ def opr(scores: np.ndarray, values: np.ndarray, valid: np.ndarray) -> np.ndarray
 def value_eval(
     run_dir: str | Path, split: str = "test", k: int = 40, limit: int | None = 2000, seed: int = 0
 ) -> dict[str, Any]:
+    if split not in SPLIT_CODE:
+        raise GprInputError(f"unknown split '{split}' (train | valid | test)", field="split")
     model, prep, info = load_run(run_dir)
     if not isinstance(model, GPRModel):
         raise GprInputError("--value needs a gpr/hstu run", file=run_dir, field="model")
@@ -102,7 +106,7 @@ def value_eval(
         rows["max"].append(np.where(first, norm, -np.inf).max(1))
     cat = {key: np.concatenate(v) if v else np.zeros(0) for key, v in rows.items()}
     return {
-        "ndcg_value": float(np.mean(cat["ndcg"])),
+        "ndcg_value": float(np.nanmean(cat["ndcg"])),
         "opr": float(np.nanmean(cat["opr"])),
         "avg_final_value": float(np.mean(cat["avg"])),
         "max_final_value": float(np.mean(cat["max"])),

@@ -57,14 +57,23 @@ def process_rewards(
     return torch.stack(out, 1)
 
 
-def leaf_zscore(reward: torch.Tensor, group: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """(R,) z-score of the terminal reward within each request's candidates (Eq. 8, leaf)."""
+def leaf_zscore(reward: torch.Tensor, group: torch.Tensor, rel_eps: float = 1e-6) -> torch.Tensor:
+    """(R,) z-score of the terminal reward within each request's candidates (Eq. 8, leaf).
+
+    Computed in float64; a group whose spread is below rel_eps x its scale (all K candidates of
+    equal value, e.g. one ad sampled K times) carries no preference and gets 0.
+    """
+    r = reward.double()
     n_g = int(group.max()) + 1 if len(group) else 0
-    cnt = torch.zeros(n_g, device=reward.device).index_add_(0, group, torch.ones_like(reward))
-    mean = torch.zeros(n_g, device=reward.device).index_add_(0, group, reward) / cnt.clamp(min=1)
-    dev = (reward - mean[group]) ** 2
-    var = torch.zeros(n_g, device=reward.device).index_add_(0, group, dev) / cnt.clamp(min=1)
-    return (reward - mean[group]) / (var[group].sqrt() + eps)
+    zeros = torch.zeros(n_g, dtype=torch.float64, device=reward.device)
+    cnt = zeros.index_add(0, group, torch.ones_like(r)).clamp(min=1)
+    mean = zeros.index_add(0, group, r) / cnt
+    dev = r - mean[group]
+    std = (zeros.index_add(0, group, dev**2) / cnt).sqrt()
+    scale = zeros.index_add(0, group, r.abs()) / cnt
+    flat = std <= rel_eps * scale.clamp(min=1e-12)
+    z = torch.where(flat[group], 0.0, dev / std[group].clamp(min=1e-300))
+    return z.to(reward.dtype)
 
 
 def gae(
