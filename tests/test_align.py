@@ -406,6 +406,23 @@ def test_simulator_scores(sim: Simulator, loaded: tuple[GPRModel, mtp.Prepared])
         sim.score(rid, items[:, 0])
 
 
+def test_simulator_support_is_the_retrieval_top_k(sim: Simulator) -> None:
+    """support=True: exactly the retrieval's top-k of the eligible ads keep their value."""
+    logs, k = sim.logs, sim.c.cfg.retrieval_k
+    pos = logs.journeys.requests("train")[:4]
+    rid = logs.journeys.request[pos]
+    elig = eligible_mask(logs.ads, logs.users, logs.journeys.user[pos], logs.journeys.day[pos])
+    assert (elig.sum(1) > k).all()  # the tiny world has more eligible ads than k
+    items = np.tile(logs.ads.item_id, (4, 1))
+    full, gated = sim.score(rid, items), sim.score(rid, items, support=True)
+    assert full.support.all()
+    # the support: k eligible ads per request (ties aside), all eligible, values kept there
+    assert (gated.support.sum(1) == k).all() and not (gated.support & ~elig).any()
+    np.testing.assert_array_equal(gated.value[gated.support], full.value[gated.support])
+    assert (gated.value[~gated.support] == 0).all()
+    np.testing.assert_array_equal(gated.pctr, full.pctr)  # only the value is gated
+
+
 # --- rollouts ----------------------------------------------------------------------------------
 def test_split_heads_and_request_sets() -> None:
     assert (

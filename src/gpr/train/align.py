@@ -128,7 +128,9 @@ class Aligner:
     def rewards(self, req: RequestSet, roll: Rollout) -> np.ndarray:
         r = roll.req.numpy()
         env = None if req.env is None else req.env[r]
-        s = self.sim.score(self.ctx.request_ids(req)[r], roll.item.numpy()[:, None], env)
+        s = self.sim.score(
+            self.ctx.request_ids(req)[r], roll.item.numpy()[:, None], env, self.ac.support
+        )
         return s.value[:, 0]
 
     # --- one step ------------------------------------------------------------------------------
@@ -214,7 +216,7 @@ class Aligner:
         req, b, _ = self._prepare(self.valid)
         items, _ = self.model.generate(b, self.trie, beam, self.ctx.eligible(req))
         top = items[:, :1].numpy()
-        s = self.sim.score(self.ctx.request_ids(req), top)
+        s = self.sim.score(self.ctx.request_ids(req), top, support=self.ac.support)
         return float(np.where(top >= 0, s.value, 0.0).mean())
 
 

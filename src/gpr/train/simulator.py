@@ -11,6 +11,12 @@ alignment cannot cheat; only `gpr simulate` reads the truth.
 Decision (Eq. 5): final_value = eCPM / 1000 = bid x pCTR x pCVR, the expected revenue of an
 impression under oCPA billing; the auction's and the replay's currency. A synthetic (ARR) request
 reuses a real request's history and replaces its environment (scene, slot, device, hour).
+
+Support (`score(..., support=True)`, what alignment uses): the ranking model was trained only on
+ads the logging cascade showed, i.e. ads its retrieval found relevant; on other ads it is badly
+optimistic (seed 7: 4-7x the true value on random eligible ads, calibrated on logged ones,
+docs/results/stages.md). The copied cascade ranks only what its own retrieval returns, so an ad
+outside the retrieval model's top `retrieval_k` of the request's eligible ads is worth 0.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import numpy as np
 import torch
 
 from gpr.errors import GprInputError
+from gpr.eval.eligibility import eligible_mask
 from gpr.eval.history import LogData
 from gpr.train.cascade.features import ENV_SIZES, request_features, torch_threads
 from gpr.train.cascade.serve import load_cascade
@@ -31,7 +38,8 @@ from gpr.train.cascade.serve import load_cascade
 class Scores:
     pctr: np.ndarray  # (B, K), 0 where the item is not an ad
     pcvr: np.ndarray
-    value: np.ndarray  # bid x pCTR x pCVR
+    value: np.ndarray  # bid x pCTR x pCVR (0 outside the support when it is asked for)
+    support: np.ndarray  # (B, K) bool: inside the retrieval's top-k (all True when not asked)
 
 
 class Simulator:
@@ -42,6 +50,8 @@ class Simulator:
         self.logs = logs if logs is not None else LogData.load(data_dir)
         self.c = load_cascade(run, self.logs)
         self.run = run
+        with torch.no_grad():
+            self.ad_vec = self.c.retrieval.ad_vec(torch.arange(self.logs.ads.n))
 
     @torch.no_grad()
     def score(
@@ -49,27 +59,30 @@ class Simulator:
         request_ids: np.ndarray,
         items: np.ndarray,
         env: np.ndarray | None = None,
+        support: bool = False,
         chunk: int = 2048,
     ) -> Scores:
         """pCTR, pCVR and final_value of ad `items` (B, K) for each request (B,).
 
         env (B, 4): scene, slot, device, hour replacing the request's own (ARR); -1 keeps it.
+        support: value 0 outside the retrieval's top-k eligible ads (see the module docstring).
         """
         items = np.asarray(items, dtype=np.int64)
         if items.ndim != 2 or len(items) != len(request_ids):
             raise GprInputError("items must be (B, K) for B requests", field="items")
-        out = [np.zeros(items.shape) for _ in range(3)]
+        out = [np.zeros(items.shape) for _ in range(3)] + [np.ones(items.shape, dtype=bool)]
         with torch_threads(self.c.cfg.threads):
             for lo in range(0, len(items), chunk):
                 sl = slice(lo, lo + chunk)
                 e = None if env is None else env[sl]
-                for k, v in enumerate(self._score(np.asarray(request_ids)[sl], items[sl], e)):
+                parts = self._score(np.asarray(request_ids)[sl], items[sl], e, support)
+                for k, v in enumerate(parts):
                     out[k][sl] = v
         return Scores(*out)
 
     def _score(
-        self, request_ids: np.ndarray, items: np.ndarray, env: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, request_ids: np.ndarray, items: np.ndarray, env: np.ndarray | None, support: bool
+    ) -> tuple[np.ndarray, ...]:
         logs, cfg = self.logs, self.c.cfg
         pos = logs.journeys.positions(request_ids)
         req = request_features(
@@ -93,4 +106,13 @@ class Simulator:
         pctr = np.where(ok, torch.sigmoid(c).numpy(), 0.0)
         pcvr = np.where(ok, torch.sigmoid(v).numpy(), 0.0)
         bid = np.where(ok, logs.ads.bid[np.maximum(a, 0)], 0.0)
-        return pctr, pcvr, bid * pctr * pcvr
+        inside = np.ones(items.shape, dtype=bool)
+        if support:
+            j = logs.journeys
+            score = self.c.retrieval.user_vec(r) @ self.ad_vec.T  # (B, A)
+            elig = eligible_mask(logs.ads, logs.users, j.user[pos], j.day[pos])
+            score = score.masked_fill(~torch.from_numpy(elig), float("-inf"))
+            kth = score.topk(min(cfg.retrieval_k, score.shape[1]), dim=1).values[:, -1:]
+            mine = score.gather(1, torch.from_numpy(np.maximum(a, 0)))
+            inside = ok & (mine >= kth).numpy() & np.isfinite(mine.numpy())
+        return pctr, pcvr, np.where(inside, bid * pctr * pcvr, 0.0), inside
