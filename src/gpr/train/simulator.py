@@ -12,11 +12,11 @@ Decision (Eq. 5): final_value = eCPM / 1000 = bid x pCTR x pCVR, the expected re
 impression under oCPA billing; the auction's and the replay's currency. A synthetic (ARR) request
 reuses a real request's history and replaces its environment (scene, slot, device, hour).
 
-Support (`score(..., support=True)`, what alignment uses): the ranking model was trained only on
-ads the logging cascade showed, i.e. ads its retrieval found relevant; on other ads it is badly
-optimistic (seed 7: 4-7x the true value on random eligible ads, calibrated on logged ones,
-docs/results/stages.md). The copied cascade ranks only what its own retrieval returns, so an ad
-outside the retrieval model's top `retrieval_k` of the request's eligible ads is worth 0.
+Support (`score(..., support=True)`; alignment with `align.support=true`): the ranking model was
+trained only on ads the logging cascade showed, i.e. ads its retrieval found relevant; on other ads
+it is badly optimistic (seed 7: 4-7x the true value on random eligible ads, calibrated on logged
+ones, docs/results/stages.md). The copied cascade ranks only what its own retrieval returns, so an
+ad outside the retrieval model's top `retrieval_k` of the request's eligible ads is worth 0.
 """
 
 from __future__ import annotations

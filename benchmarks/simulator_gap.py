@@ -1,0 +1,105 @@
+"""Where the RL simulator and the truth disagree (issue 6's diagnosis), on one seed's world.
+
+    python benchmarks/simulator_gap.py --seed 7 [--runs out/bench/stages/s7/vaft ...]
+
+1. Calibration of the simulator (the cascade's ranking models) against the hidden truth on the
+   valid day's *logged* impressions, and on 40 *random eligible* ads per request (never shown by
+   the logs), overall and for the simulator's argmax among those 40.
+2. For each run in --runs: the simulator's and the truth's value of the policy's top beam-search
+   ad (beam 20 per head, no budgets) on 600 valid requests — what alignment optimises vs what the
+   replay pays.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpr.eval.eligibility import eligible_mask
+from gpr.model.gpr import GPRModel
+from gpr.model.journey import positions_for_split
+from gpr.train.mtp import load_run
+from gpr.train.rollout import RequestContext, RequestSet
+from gpr.train.simulator import Simulator
+from gpr.world.truth import Truth
+
+
+def calibration(sim: Simulator, truth: Truth, rng: np.random.Generator, n: int = 600) -> None:
+    j = sim.logs.journeys
+    rows = np.sort(rng.choice(j.impressions("valid"), 4 * n, replace=False))
+    req, item = j.request[rows], j.item[rows]
+    s = sim.score(req, item[:, None])
+    true = truth.value(req, item)
+    print("| ads | simulator value | true value | ratio |\n|---|---|---|---|")
+    print(
+        f"| logged impressions | {s.value.mean():.4f} | {true.mean():.4f} | "
+        f"{s.value.mean() / true.mean():.2f} |"
+    )
+    req = req[:n]
+    pos = j.positions(req)
+    elig = eligible_mask(sim.logs.ads, sim.logs.users, j.user[pos], j.day[pos])
+    cand = np.stack([rng.choice(np.nonzero(e)[0], 40) for e in elig])
+    items = sim.logs.ads.item_id[cand]
+    s = sim.score(req, items, support=True)
+    true = truth.value(np.repeat(req[:, None], 40, 1), items)
+    r, top = np.arange(n), s.value.argmax(1)
+    full = sim.score(req, items).value
+    inside = s.support
+    for name, sv, tv in (
+        ("40 random eligible per request", full, true),
+        ("  of them inside the retrieval top-k", full[inside], true[inside]),
+        ("  of them outside it", full[~inside], true[~inside]),
+        ("the simulator's argmax of the 40 (inside top-k)", s.value[r, top], true[r, top]),
+        ("the true argmax of the 40", None, true.max(1)),
+    ):
+        sm = f"{sv.mean():.4f}" if sv is not None else ""
+        ratio = f"{sv.mean() / tv.mean():.2f}" if sv is not None else ""
+        print(f"| {name} | {sm} | {tv.mean():.4f} | {ratio} |")
+
+
+@torch.no_grad()
+def top1(run: Path, sim: Simulator, truth: Truth, n: int = 600) -> tuple[float, float]:
+    model, prep, _ = load_run(run)
+    assert isinstance(model, GPRModel)
+    model.eval()
+    ctx = RequestContext(prep, sim.logs.ads, sim.logs.users)
+    pos = positions_for_split(prep.journeys, prep.pred_mask, "valid")
+    pos = np.sort(np.random.default_rng(0).choice(pos, min(n, len(pos)), replace=False))
+    tv, sv = [], []
+    for lo in range(0, len(pos), 100):
+        req = RequestSet(pos[lo : lo + 100])
+        el = ctx.eligible(req)
+        keep = el.any(1).numpy()
+        req, el = req.take(np.nonzero(keep)[0]), el[torch.from_numpy(keep)]
+        b = ctx.batch(req, model.cfg.max_len, model.cfg.thought_tokens)
+        items, _ = model.generate(b, prep.trie, 20, el)
+        best, rid = items[:, 0].numpy(), ctx.request_ids(req)
+        tv.append(truth.value(rid, best))
+        sv.append(sim.score(rid, best[:, None]).value[:, 0])
+    return 1000 * float(np.concatenate(sv).mean()), 1000 * float(np.concatenate(tv).mean())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--cache", type=Path, default=Path("out/bench"))
+    ap.add_argument("--runs", type=Path, nargs="*", default=[])
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    world = args.cache / f"world_s{args.seed}"
+    sim = Simulator(args.cache / f"cascade_s{args.seed}", world)
+    truth = Truth.load(world)
+    calibration(sim, truth, np.random.default_rng(0))
+    if args.runs:
+        print("\n| run | simulator value of the top ad (x1000) | true value (x1000) |")
+        print("|---|---|---|")
+        for run in args.runs:
+            s, t = top1(run, sim, truth)
+            print(f"| {run} | {s:.2f} | {t:.2f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
