@@ -131,6 +131,24 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     return res
 
 
+NOTES = """## How these numbers are made
+
+- Per seed: `gpr world generate --preset small`, RQ-Kmeans+ SIDs, the cascade (its ranking model is
+  the simulator), GPR MTP (small preset: d 64, 2 layers, 4 MTP heads, one epoch), VAFT from MTP
+  (`paper` weights, one epoch), DPO from VAFT, HEPO from DPO, HEPO with ARR from DPO. Alignment
+  defaults (`align` section): 200 steps × 32 requests × K = 40 candidates, lr 1e-4, DPO β 0.1,
+  HEPO 2 PPO epochs, clip 0.2, γ 1, λ 0.95, α_l 0.1, KL 0.01, value weight 0.5, ARR share 0.25;
+  the best step by the simulator's value on 200 valid requests is kept.
+- Value metrics: `gpr eval --value` on 1,000 test requests (K = 40 sampled candidates, true values
+  min-max normalised over each request's eligible ads). RPM, CTR, CTCVR, GMV: `gpr simulate` on
+  the whole test day with budgets, beam 20 per MTP head (the cascade: its own retrieval top-200).
+- "ranked by HTE value": the same run served with `serve.rank_by=value` (bid × HTE pCTR × HTE
+  pCVR over the union of the heads' beams).
+- Why DPO and HEPO lower the true RPM while raising the simulator's value, and the fixes tried:
+  `stages_analysis.md` (`benchmarks/simulator_gap.py`).
+"""
+
+
 def report(res: list[dict[str, Any]]) -> str:
     lines = [
         "| stage | nDCG | OPR | avg final_value | max final_value | RPM | CTR | CTCVR "
@@ -234,6 +252,7 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], help="config override (all stages)")
     ap.add_argument("--report", action="store_true", help="only tabulate the cached seeds")
     ap.add_argument("--out", type=Path, default=Path("docs/results/stages.md"))
+    ap.add_argument("--notes", type=Path, default=None, help="markdown appended to --out")
     args = ap.parse_args()
     t0 = time.perf_counter()
     if args.report:
@@ -256,7 +275,8 @@ def main() -> None:
             f"{datetime.date.today().isoformat()}; {time.perf_counter() - t0:.0f} s.\n"
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(head + "\n" + body + "\n")
+        notes = args.notes.read_text() if args.notes else ""
+        args.out.write_text(head + "\n" + body + "\n\n" + NOTES + "\n" + notes)
 
 
 if __name__ == "__main__":

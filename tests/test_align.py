@@ -492,6 +492,20 @@ def _aligner(runs: tuple[Path, Path], stage: str) -> Aligner:
     return Aligner(runs[0], runs[1], cfg, stage)
 
 
+def test_candidate_pool_samples_only_the_reference_beam(runs: tuple[Path, Path]) -> None:
+    """align.candidate_pool=N: every sampled ad is one of the reference's top-N beam ads."""
+    al = _aligner(runs, "hepo")
+    req = RequestSet(np.sort(np.random.default_rng(2).choice(al.train_pos, 8, replace=False)))
+    req, b, counts = al._prepare(req, pool=3)
+    leaves = counts[-1]  # eligible leaves per request: at most 3, at least 1
+    assert ((leaves.sum(1) >= 1) & (leaves.sum(1) <= 3)).all()
+    with torch.no_grad():
+        beam, _ = al.ref.generate(b, al.trie, 3, al.ctx.eligible(req))
+    roll = sample(al.model, b, al.trie, counts, 12, gen=torch.Generator().manual_seed(0))
+    for r, item in zip(roll.req.tolist(), roll.item.tolist(), strict=True):
+        assert item in beam[r].tolist()
+
+
 def _mean(rows: list[dict[str, float]], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 

@@ -194,6 +194,9 @@ class AlignConfig(_Strict):
     recent_days: int | None = Field(None, ge=1)  # sample requests of the last N train days only
     eval_every: int = Field(50, ge=1)  # validation (mean simulator value of the top ad)
     eval_requests: int = Field(200, ge=1)
+    # sample only among the reference's top-N beam ads per request (where the simulator is
+    # calibrated: docs/alignment.md); None = every eligible ad
+    candidate_pool: int | None = Field(None, ge=1)
     support: bool = False  # rewards only inside the cascade retrieval's top-k (simulator.py)
     # DPO
     dpo_beta: float = Field(0.1, gt=0)

@@ -75,6 +75,8 @@ class Aligner:
         self.sim = Simulator(simulator, info["data"])
         self.ctx = RequestContext(prep, self.sim.logs.ads, self.sim.logs.users)
         self.trie: Trie = prep.trie
+        self.col_of = torch.full((int(self.trie.items.max()) + 1,), -1, dtype=torch.long)
+        self.col_of[self.trie.items] = torch.arange(len(self.trie.items))
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         j = prep.journeys
@@ -117,13 +119,27 @@ class Aligner:
         pick = self.rng.choice(len(syn), min(n_syn, len(syn)), replace=False)
         return RequestSet.concat([real, syn.take(pick)])
 
-    def _prepare(self, req: RequestSet) -> tuple[RequestSet, Any, list[torch.Tensor]]:
+    def _prepare(
+        self, req: RequestSet, pool: int | None = None
+    ) -> tuple[RequestSet, Any, list[torch.Tensor]]:
+        """Drop requests with no eligible ad; batch them; the trie counts of what may be sampled
+        (with `pool`: only the reference model's top-`pool` beam ads of each request)."""
         elig = self.ctx.eligible(req)
         keep = elig.any(1).numpy()
         req = req.take(np.nonzero(keep)[0])
+        elig = elig[torch.from_numpy(keep)]
         cfg = self.model.cfg
         b = self.ctx.batch(req, cfg.max_len, cfg.thought_tokens)
-        return req, b, self.trie.eligible_counts(elig[torch.from_numpy(keep)])
+        if pool is not None:
+            with torch.no_grad():
+                items, _ = self.ref.generate(b, self.trie, pool, elig)
+            col = self.col_of[items.clamp(min=0)]
+            mask = torch.zeros_like(elig)
+            rows = torch.arange(len(items)).unsqueeze(1).expand_as(col)
+            ok = items >= 0
+            mask[rows[ok], col[ok]] = True
+            elig = elig & mask
+        return req, b, self.trie.eligible_counts(elig)
 
     def rewards(self, req: RequestSet, roll: Rollout) -> np.ndarray:
         r = roll.req.numpy()
@@ -135,7 +151,7 @@ class Aligner:
 
     # --- one step ------------------------------------------------------------------------------
     def step(self) -> dict[str, float]:
-        req, b, counts = self._prepare(self.draw())
+        req, b, counts = self._prepare(self.draw(), self.ac.candidate_pool)
         roll = sample(
             self.model, b, self.trie, counts, self.ac.candidates, self.ac.temperature, self.gen
         )
