@@ -228,8 +228,31 @@ def report(res: list[dict[str, Any]]) -> str:
         times.append(
             f"| replay, {LABEL.get(p, p)} | {ms([r['sim'][p]['seconds'] for r in res], '{:.0f}')} |"
         )
+
+    def gain(a: str, b: str) -> list[float]:
+        return [r["sim"][a]["rpm"] / r["sim"][b]["rpm"] - 1 for r in res]
+
+    def verdict(x: list[float]) -> str:
+        m, sd = float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+        ok = m > 0 and m > sd
+        return (
+            f"**{'yes' if ok else 'no'}** ({pct(x, 1)}; per seed "
+            + ", ".join(f"{100 * v:+.1f} %" for v in x)
+            + ")"
+        )
+
+    full_rpm, full_ctcvr = rel("hepo_arr", "rpm"), rel("hepo_arr", "ctcvr")
+    checks = [
+        f"- VAFT improves RPM over MTP beyond the seed spread: {verdict(gain('vaft', 'mtp'))}",
+        f"- HEPO improves RPM over DPO beyond the seed spread: {verdict(gain('hepo', 'dpo'))}",
+        f"- full GPR (HEPO with ARR) vs the cascade, RPM ≥ +8 %: "
+        f"**{'yes' if np.mean(full_rpm) >= 0.08 else 'no'}** ({pct(full_rpm, 1)}); "
+        f"CTCVR ≥ +5 %: **{'yes' if np.mean(full_ctcvr) >= 0.05 else 'no'}** "
+        f"({pct(full_ctcvr, 1)})",
+    ]
     return "\n\n".join(
         [
+            "## Acceptance (issue 6)\n\n" + "\n".join(checks),
             "## Stages (test day; value metrics over K = 40 sampled candidates per request)\n\n"
             + "\n".join(lines),
             "RPM per seed:\n\n" + "\n".join(per_seed),
@@ -254,7 +277,6 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path("docs/results/stages.md"))
     ap.add_argument("--notes", type=Path, default=None, help="markdown appended to --out")
     args = ap.parse_args()
-    t0 = time.perf_counter()
     if args.report:
         res = [json.loads((args.work / f"s{s}" / "result.json").read_text()) for s in args.seeds]
     else:
@@ -272,7 +294,8 @@ def main() -> None:
             f"# Value alignment: the stage table\n\n`python benchmarks/stages.py "
             f"{' '.join(sys.argv[1:])}` — preset {args.preset}, seeds "
             f"{', '.join(map(str, args.seeds))} (mean ± std); {machine}; commit {commit}; "
-            f"{datetime.date.today().isoformat()}; {time.perf_counter() - t0:.0f} s.\n"
+            f"{datetime.date.today().isoformat()}. Runs are cached per stage: each was made by\n"
+            f"the code of its own time (see its run.json), then tabulated here.\n"
         )
         args.out.parent.mkdir(parents=True, exist_ok=True)
         notes = args.notes.read_text() if args.notes else ""
