@@ -29,7 +29,7 @@ from gpr.config import AlignConfig, GprConfig
 from gpr.errors import GprInputError
 from gpr.io import atomic_dir, write_json
 from gpr.model.gpr import GPRModel
-from gpr.model.journey import positions_for_split
+from gpr.model.journey import Batch, positions_for_split
 from gpr.model.trie import Trie
 from gpr.train.arr import synthetic_requests
 from gpr.train.dpo import dpo_loss, preference_pairs
@@ -121,7 +121,7 @@ class Aligner:
 
     def _prepare(
         self, req: RequestSet, pool: int | None = None
-    ) -> tuple[RequestSet, Any, list[torch.Tensor]]:
+    ) -> tuple[RequestSet, Batch, list[torch.Tensor]]:
         """Drop requests with no eligible ad; batch them; the trie counts of what may be sampled
         (with `pool`: only the reference model's top-`pool` beam ads of each request)."""
         elig = self.ctx.eligible(req)
@@ -170,7 +170,7 @@ class Aligner:
         self.opt.step()
 
     def _dpo(
-        self, b: Any, counts: list[torch.Tensor], roll: Rollout, value: np.ndarray
+        self, b: Batch, counts: list[torch.Tensor], roll: Rollout, value: np.ndarray
     ) -> dict[str, float]:
         group = roll.req.numpy() * self.model.cfg.mtp_heads + roll.head.numpy()
         w, lo = preference_pairs(value, group)
@@ -187,7 +187,7 @@ class Aligner:
         return {"loss": loss.item(), "pref_acc": acc.item(), "pairs": float(n)}
 
     def _hepo(
-        self, b: Any, counts: list[torch.Tensor], roll: Rollout, value: np.ndarray
+        self, b: Batch, counts: list[torch.Tensor], roll: Rollout, value: np.ndarray
     ) -> dict[str, float]:
         ac, model = self.ac, self.model
         assert model.hte is not None
