@@ -58,6 +58,14 @@ def calibration(sim: Simulator, truth: Truth, rng: np.random.Generator, n: int =
         sm = f"{sv.mean():.4f}" if sv is not None else ""
         ratio = f"{sv.mean() / tv.mean():.2f}" if sv is not None else ""
         print(f"| {name} | {sm} | {tv.mean():.4f} | {ratio} |")
+    # what the argmax over-rates: its bid, pCTR and pCVR against the truth
+    best = items[r, top]
+    bid = sim.logs.ads.bid[cand]
+    print(
+        f"\nargmax: bid / mean bid of the 40 {bid[r, top].mean() / bid.mean():.2f}; "
+        f"pCTR simulator / true {s.pctr[r, top].mean() / truth.pctr(req, best).mean():.2f}; "
+        f"pCVR simulator / true {s.pcvr[r, top].mean() / truth.pcvr(req, best).mean():.2f}"
+    )
 
 
 @torch.no_grad()
@@ -70,11 +78,9 @@ def top1(run: Path, sim: Simulator, truth: Truth, n: int = 600) -> tuple[float, 
     pos = np.sort(np.random.default_rng(0).choice(pos, min(n, len(pos)), replace=False))
     tv, sv = [], []
     for lo in range(0, len(pos), 100):
-        req = RequestSet(pos[lo : lo + 100])
-        el = ctx.eligible(req)
-        keep = el.any(1).numpy()
-        req, el = req.take(np.nonzero(keep)[0]), el[torch.from_numpy(keep)]
-        b = ctx.batch(req, model.cfg.max_len, model.cfg.thought_tokens)
+        req, b, el, _ = ctx.prepare(
+            RequestSet(pos[lo : lo + 100]), model.cfg.max_len, model.cfg.thought_tokens
+        )
         items, _ = model.generate(b, prep.trie, 20, el)
         best, rid = items[:, 0].numpy(), ctx.request_ids(req)
         tv.append(truth.value(rid, best))

@@ -37,9 +37,8 @@ from gpr.tokenizer.pipeline import run_tokenize  # noqa: E402
 from gpr.train.align import align  # noqa: E402
 from gpr.train.cascade.serve import CascadePolicy  # noqa: E402
 from gpr.train.cascade.train import train_cascade  # noqa: E402
-from gpr.train.mtp import Prepared, train  # noqa: E402
-from gpr.train.simulator import Simulator  # noqa: E402
-from gpr.train.vaft import token_weights  # noqa: E402
+from gpr.train.mtp import train  # noqa: E402
+from gpr.train.vaft import train_vaft  # noqa: E402
 
 STAGES = ("mtp", "vaft", "dpo", "hepo", "hepo_arr")
 LABEL = {
@@ -71,16 +70,7 @@ def train_stages(cfg: GprConfig, wdir: Path, work: Path, cache: Path, seed: int)
     if not (runs["mtp"] / "run.json").exists():
         _, secs["mtp"] = _timed(train, wdir, tok, cfg, runs["mtp"], "gpr", False)
     if not (runs["vaft"] / "run.json").exists():
-        sim = Simulator(casc, wdir)
-        ac = cfg.align
-
-        def weights(prep: Prepared) -> np.ndarray:
-            return token_weights(prep.journeys, sim, ac.vaft_weights, ac.vaft_clip)
-
-        meta = {"stage": "vaft", "init": str(runs["mtp"]), "simulator": str(casc)}
-        _, secs["vaft"] = _timed(
-            train, wdir, tok, cfg, runs["vaft"], "gpr", False, runs["mtp"], weights, meta
-        )
+        _, secs["vaft"] = _timed(train_vaft, runs["mtp"], casc, cfg, runs["vaft"], False)
     for stage, init, arr in (
         ("dpo", "vaft", False),
         ("hepo", "dpo", False),

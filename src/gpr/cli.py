@@ -227,8 +227,6 @@ STAGE_KEYS = ("stage", "best", "seconds", "first_reward", "last_reward", "epochs
 def _train_stage(
     stage: str, init: Path | None, simulator: Path | None, cfg: GprConfig, out: Path, arr: bool
 ) -> dict[str, Any]:
-    from gpr.io import read_json
-
     if stage not in ("vaft", "dpo", "hepo"):
         raise GprInputError(f"unknown stage '{stage}' (mtp | vaft | dpo | hepo)", field="stage")
     if init is None or not (init / "run.json").exists():
@@ -238,21 +236,9 @@ def _train_stage(
     if arr and stage != "hepo":
         raise GprInputError("--arr applies to --stage hepo only", field="arr")
     if stage == "vaft":
-        from gpr.train.mtp import Prepared, train
-        from gpr.train.simulator import Simulator
-        from gpr.train.vaft import token_weights
+        from gpr.train.vaft import train_vaft
 
-        info = read_json(init / "run.json")
-        sim = Simulator(simulator, info["data"])
-        ac = cfg.align
-
-        def weights(prep: Prepared) -> Any:
-            return token_weights(prep.journeys, sim, ac.vaft_weights, ac.vaft_clip)
-
-        meta = {"stage": "vaft", "init": str(init), "simulator": str(simulator)}
-        res = train(
-            info["data"], info["sids"], cfg, out, init=init, token_weight=weights, meta=meta
-        )
+        res = train_vaft(init, simulator, cfg, out)
     else:
         from gpr.train.align import align
 

@@ -20,7 +20,6 @@ import torch
 
 from gpr.config import GprConfig
 from gpr.errors import GprInputError
-from gpr.eval.eligibility import eligible_mask
 from gpr.eval.history import LogData
 from gpr.eval.policy import Oracle, RequestBatch
 from gpr.eval.simulate import SimData
@@ -74,13 +73,11 @@ def value_eval(
     rows: dict[str, list[np.ndarray]] = {key: [] for key in ("ndcg", "opr", "avg", "max")}
     batch = GprConfig.model_validate(info["config"]).train.batch_size
     for lo in range(0, len(pos), batch):
-        req = RequestSet(pos[lo : lo + batch])
-        elig = ctx.eligible(req)
-        keep = elig.any(1).numpy()
-        req, elig = req.take(np.nonzero(keep)[0]), elig[torch.from_numpy(keep)]
+        req, b, elig, ad_elig = ctx.prepare(
+            RequestSet(pos[lo : lo + batch]), model.cfg.max_len, model.cfg.thought_tokens
+        )
         if not len(req):
             continue
-        b = ctx.batch(req, model.cfg.max_len, model.cfg.thought_tokens)
         counts = prep.trie.eligible_counts(elig)
         with torch.no_grad():
             roll = sample(model, b, prep.trie, counts, k, gen=gen)
@@ -94,9 +91,15 @@ def value_eval(
         for c in range(1, k):  # K is small: mark repeats of an earlier candidate
             first[:, c] = (item[:, c : c + 1] != item[:, :c]).all(1)
         # true values, normalised over each request's eligible ads
-        rb = _request_batch(ctx, logs, req)
+        rb = RequestBatch.at(
+            logs.journeys.positions(ctx.request_ids(req)),
+            logs.journeys,
+            logs.ads,
+            logs.users,
+            ad_elig,
+        )
         true_all = oracle.true_values(rb)  # (B, A)
-        e_ads = np.where(rb.eligible, true_all, np.nan)
+        e_ads = np.where(ad_elig, true_all, np.nan)
         vmin, vmax = np.nanmin(e_ads, 1), np.nanmax(e_ads, 1)
         tv = true_all[np.arange(nb)[:, None], logs.ads.index_of(item)]
         norm = (tv - vmin[:, None]) / np.maximum(vmax - vmin, 1e-12)[:, None]
@@ -116,10 +119,3 @@ def value_eval(
         "run": str(run_dir),
         "stage": info.get("stage", "mtp"),
     }
-
-
-def _request_batch(ctx: RequestContext, logs: LogData, req: RequestSet) -> RequestBatch:
-    pos = logs.journeys.positions(ctx.request_ids(req))
-    j = logs.journeys
-    elig = eligible_mask(logs.ads, logs.users, j.user[pos], j.day[pos])
-    return RequestBatch.at(pos, j, logs.ads, logs.users, elig)

@@ -17,7 +17,7 @@ from gpr.config import ServeConfig
 from gpr.errors import GprInputError
 from gpr.eval.policy import Ranked, RequestBatch
 from gpr.model.gpr import GPRModel
-from gpr.model.journey import Batch, E, tail_windows
+from gpr.model.journey import Batch, E
 from gpr.train.mtp import load_run
 
 
@@ -51,20 +51,14 @@ class GenerativePolicy:
     def _columns(self, batch: RequestBatch) -> np.ndarray:
         """For each trie item, its column in the replay's eligibility mask (ad index)."""
         if self._trie_col is None:
-            items = self.prep.trie.items.numpy()
-            lookup = {int(i): k for k, i in enumerate(batch.ads.item_id)}
-            self._trie_col = np.asarray([lookup.get(int(i), -1) for i in items])
+            self._trie_col = batch.ads.index_of(self.prep.trie.items.numpy())
         return self._trie_col
 
     @torch.no_grad()
     def rank(self, batch: RequestBatch) -> Ranked:
         prep, max_len = self.prep, self.model.cfg.max_len
         pos = self.pos_of[batch.request_ids]
-        wins = tail_windows(prep.journeys, pos, max_len)
-        only = np.zeros(len(prep.journeys.ttype), dtype=bool)
-        only[pos] = True  # predict exactly at each request's E token
-        thoughts = getattr(self.model.cfg, "thought_tokens", 0)
-        b = prep.batch(wins, (0, 1, 2), max_len, thoughts, pred_mask=only)
+        b = prep.at_requests(pos, max_len, getattr(self.model.cfg, "thought_tokens", 0))
         cols = self._columns(batch)
         elig = np.where(cols[None, :] >= 0, batch.eligible[:, np.maximum(cols, 0)], False)
         items, scores = self.model.generate(b, prep.trie, self.beam, torch.from_numpy(elig))

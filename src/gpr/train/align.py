@@ -75,8 +75,6 @@ class Aligner:
         self.sim = Simulator(simulator, info["data"])
         self.ctx = RequestContext(prep, self.sim.logs.ads, self.sim.logs.users)
         self.trie: Trie = prep.trie
-        self.col_of = torch.full((int(self.trie.items.max()) + 1,), -1, dtype=torch.long)
-        self.col_of[self.trie.items] = torch.arange(len(self.trie.items))
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
         j = prep.journeys
@@ -124,16 +122,12 @@ class Aligner:
     ) -> tuple[RequestSet, Batch, list[torch.Tensor]]:
         """Drop requests with no eligible ad; batch them; the trie counts of what may be sampled
         (with `pool`: only the reference model's top-`pool` beam ads of each request)."""
-        elig = self.ctx.eligible(req)
-        keep = elig.any(1).numpy()
-        req = req.take(np.nonzero(keep)[0])
-        elig = elig[torch.from_numpy(keep)]
         cfg = self.model.cfg
-        b = self.ctx.batch(req, cfg.max_len, cfg.thought_tokens)
+        req, b, elig, _ = self.ctx.prepare(req, cfg.max_len, cfg.thought_tokens)
         if pool is not None:
             with torch.no_grad():
                 items, _ = self.ref.generate(b, self.trie, pool, elig)
-            col = self.col_of[items.clamp(min=0)]
+            col = self.ctx.trie_col[items.clamp(min=0)]
             mask = torch.zeros_like(elig)
             rows = torch.arange(len(items)).unsqueeze(1).expand_as(col)
             ok = items >= 0
@@ -229,8 +223,9 @@ class Aligner:
     @torch.no_grad()
     def validate(self, beam: int = 20) -> float:
         """Mean simulator value of the policy's top-ranked eligible ad on the valid requests."""
-        req, b, _ = self._prepare(self.valid)
-        items, _ = self.model.generate(b, self.trie, beam, self.ctx.eligible(req))
+        cfg = self.model.cfg
+        req, b, elig, _ = self.ctx.prepare(self.valid, cfg.max_len, cfg.thought_tokens)
+        items, _ = self.model.generate(b, self.trie, beam, elig)
         top = items[:, :1].numpy()
         s = self.sim.score(self.ctx.request_ids(req), top, support=self.ac.support)
         return float(np.where(top >= 0, s.value, 0.0).mean())

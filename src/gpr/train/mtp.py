@@ -109,6 +109,13 @@ class Prepared:
             b.thought = torch.from_numpy(t)
         return b
 
+    def at_requests(self, pos: np.ndarray, max_len: int, thoughts: int) -> Batch:
+        """One prediction exactly at each position (a request's E token), the past before it as
+        context; no labels attached (serving, rollouts)."""
+        only = np.zeros(len(self.journeys.ttype), dtype=bool)
+        only[pos] = True
+        return self.batch(tail_windows(self.journeys, pos, max_len), (), max_len, thoughts, only)
+
     @property
     def level_sizes(self) -> list[int]:
         return list(self.trie.sizes)

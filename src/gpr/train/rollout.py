@@ -16,7 +16,7 @@ import torch
 
 from gpr.eval.eligibility import Ads, Users, eligible_mask
 from gpr.model.gpr import GPRModel
-from gpr.model.journey import Batch, tail_windows
+from gpr.model.journey import Batch
 from gpr.model.ptd import masked_log_softmax
 from gpr.model.trie import Trie
 from gpr.train.mtp import Prepared
@@ -63,7 +63,10 @@ class RequestContext:
 
     def __init__(self, prep: Prepared, ads: Ads, users: Users) -> None:
         self.prep, self.ads, self.users = prep, ads, users
-        self.cols = ads.index_of(prep.trie.items.numpy())  # trie item -> ad index
+        self.cols = ads.index_of(prep.trie.items.numpy())  # trie column -> ad index
+        items = prep.trie.items
+        self.trie_col = torch.full((int(items.max()) + 1,), -1, dtype=torch.long)
+        self.trie_col[items] = torch.arange(len(items))  # item id -> trie column
 
     def user_ids(self, req: RequestSet) -> np.ndarray:
         j = self.prep.journeys
@@ -74,22 +77,33 @@ class RequestContext:
 
     def batch(self, req: RequestSet, max_len: int, thoughts: int) -> Batch:
         """One prediction per request, at its E token (labels of no split are attached)."""
-        j = self.prep.journeys
-        wins = tail_windows(j, req.pos, max_len)
-        only = np.zeros(len(j.ttype), dtype=bool)
-        only[req.pos] = True
-        b = self.prep.batch(wins, (), max_len, thoughts, pred_mask=only)
+        b = self.prep.at_requests(req.pos, max_len, thoughts)
         if req.env is not None:
             cur = b.field[b.pred_b, b.pred_t]
             env = torch.from_numpy(req.env)
             b.field[b.pred_b, b.pred_t] = torch.where(env >= 0, env, cur)
         return b
 
-    def eligible(self, req: RequestSet) -> torch.Tensor:
-        """(B, trie items) bool: targeting admits the user and the ad is active that day."""
-        m = eligible_mask(self.ads, self.users, self.user_ids(req), self.prep.journeys.day[req.pos])
+    def ad_eligible(self, req: RequestSet) -> np.ndarray:
+        """(B, A) bool over ad indices: targeting admits the user and the ad is active that day."""
+        return eligible_mask(
+            self.ads, self.users, self.user_ids(req), self.prep.journeys.day[req.pos]
+        )
+
+    def eligible(self, req: RequestSet, ad_mask: np.ndarray | None = None) -> torch.Tensor:
+        """(B, trie items) bool: `ad_eligible` in the trie's column order."""
+        m = self.ad_eligible(req) if ad_mask is None else ad_mask
         ok = self.cols >= 0
         return torch.from_numpy(np.where(ok[None, :], m[:, np.maximum(self.cols, 0)], False))
+
+    def prepare(
+        self, req: RequestSet, max_len: int, thoughts: int
+    ) -> tuple[RequestSet, Batch, torch.Tensor, np.ndarray]:
+        """Drop the requests no ad is eligible for; their batch and eligibility (trie, ads)."""
+        ads = self.ad_eligible(req)
+        keep = np.nonzero(ads.any(1))[0]
+        req, ads = req.take(keep), ads[keep]
+        return req, self.prep.at_requests(req.pos, max_len, thoughts), self.eligible(req, ads), ads
 
 
 def split_heads(k: int, n_heads: int) -> list[int]:

@@ -12,10 +12,16 @@ Each target (a logged I token) gets ω^V from its action and its eCPM under the 
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 
+from gpr.config import GprConfig
 from gpr.errors import GprInputError
+from gpr.io import read_json
 from gpr.model.journey import SPLIT_CODE, I, Journeys
+from gpr.train.mtp import Prepared, train
 from gpr.train.simulator import Simulator
 
 ACTION_FACTOR = np.array([1.0, 2.0, 4.0])  # the simple variant: impression, click, conversion
@@ -60,3 +66,27 @@ def token_weights(
     )
     out[rows] = w
     return out
+
+
+def train_vaft(
+    init: str | Path, simulator: str | Path, cfg: GprConfig, out: str | Path, progress: bool = True
+) -> dict[str, Any]:
+    """MTP training from `init` on its data and SIDs, each target weighted by ω^V."""
+    info = read_json(Path(init) / "run.json")
+    sim = Simulator(simulator, info["data"])
+    ac = cfg.align
+
+    def weights(prep: Prepared) -> np.ndarray:
+        return token_weights(prep.journeys, sim, ac.vaft_weights, ac.vaft_clip)
+
+    meta = {"stage": "vaft", "init": str(init), "simulator": str(simulator)}
+    return train(
+        info["data"],
+        info["sids"],
+        cfg,
+        out,
+        progress=progress,
+        init=init,
+        token_weight=weights,
+        meta=meta,
+    )
