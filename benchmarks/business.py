@@ -112,6 +112,17 @@ def truth_auc(data: SimData) -> float:
     return auc(j.action[rows] >= 1, p)
 
 
+def _override(text: str) -> tuple[str, Any]:
+    """'field=value' (value as JSON when it parses, else a string) for the cascade config."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise SystemExit(f"--cascade expects field=value, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
 def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     wdir = world(args.preset, seed, args.cache)
@@ -119,7 +130,8 @@ def run_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     data = SimData.load(wdir)
     run = args.cache / f"cascade_s{seed}"
     t0 = time.perf_counter()
-    meta = train_cascade(wdir, cascade_config(args.preset), seed, run, logs=data.logs)
+    cfg = cascade_config(args.preset, **dict(_override(x) for x in args.cascade))
+    meta = train_cascade(wdir, cfg, seed, run, logs=data.logs)
     train_s = time.perf_counter() - t0
     policies: dict[str, Policy] = {
         "random-eligible": RandomEligible(seed),
@@ -274,6 +286,9 @@ def main() -> None:
     ap.add_argument("--gpr", default=None, help="GPR run dir per seed, e.g. 'out/gpr_s{seed}'")
     ap.add_argument("--out", type=Path, default=Path("docs/results/business.md"))
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument(
+        "--cascade", action="append", default=[], help="cascade config override field=value"
+    )
     args = ap.parse_args()
     t0 = time.perf_counter()
     res = [run_seed(args, s) for s in args.seeds]

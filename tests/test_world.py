@@ -137,6 +137,11 @@ def test_truth_api(tiny_world: Path) -> None:
     np.testing.assert_allclose(p[3], truth.pctr(np.full(5, rid[3]), ads))
     v = truth.value(rid, grid)
     np.testing.assert_allclose(v, truth.bid[ads - truth.n_organic] * p * truth.pcvr(rid, grid))
+    # the diagnostic terms sum to the pCTR logit
+    terms = truth.ctr_terms(rid, grid)
+    assert set(terms) == {"session", "long", "quality", "slot", "env", "bias"}
+    np.testing.assert_allclose(sum(terms.values()), np.log(p / (1 - p)), rtol=1e-6, atol=1e-6)
+    assert terms["session"].std() > 0 and terms["quality"].std() > 0
     with pytest.raises(GprInputError, match="not an ad"):
         truth.pctr(rid[:1], np.array([0]))
     with pytest.raises(GprInputError, match="unknown request"):

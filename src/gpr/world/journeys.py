@@ -8,7 +8,7 @@ import numpy as np
 
 from gpr.config import WorldConfig
 from gpr.world.entities import N_DEVICES, Catalog, Population
-from gpr.world.response import session_latent
+from gpr.world.response import session_latent, view_subtopic_logits
 
 DAY = 86400
 
@@ -66,9 +66,7 @@ def simulate_day(
     nv = len(v_sess)
     order, starts = _group_items(cat)
     sizes = np.diff(starts)
-    mass = np.log(np.maximum(np.bincount(cat.subtopic[: cat.n_organic], minlength=len(sizes)), 1))
-    sub_logit = cfg.organic_temperature * (z @ cat.sub_centroid.T) + mass[None, :]
-    sub_logit = np.where(sizes[None, :] > 0, sub_logit, -np.inf)
+    sub_logit = view_subtopic_logits(cfg, cat.sub_centroid, cat.subtopic[: cat.n_organic], z)
     v_sub = np.argmax(sub_logit[v_sess] + rng.gumbel(size=(nv, len(sizes))), axis=1)
     v_item = np.empty(nv, dtype=np.int64)
     by_sub = np.argsort(v_sub, kind="stable")

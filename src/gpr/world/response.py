@@ -38,6 +38,16 @@ def session_latent(sub_centroid: np.ndarray, topic: np.ndarray, offset: np.ndarr
     return normalize(sub_centroid[topic] + offset).astype(np.float32)
 
 
+def view_subtopic_logits(
+    cfg: WorldConfig, sub_centroid: np.ndarray, organic_subtopic: np.ndarray, z: np.ndarray
+) -> np.ndarray:
+    """(Q, S) logits of the subtopic of an organic view under session intents z (Q, d):
+    organic_temperature <z, c_s> + log(organic items in s); -inf for empty subtopics."""
+    counts = np.bincount(organic_subtopic, minlength=len(sub_centroid))
+    logit = cfg.organic_temperature * (z @ sub_centroid.T) + np.log(np.maximum(counts, 1))[None, :]
+    return np.where(counts[None, :] > 0, logit, -np.inf)
+
+
 def ctr_logit_static(
     cfg: WorldConfig,
     affinity_long: np.ndarray,

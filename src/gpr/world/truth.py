@@ -169,6 +169,22 @@ class Truth:
         a_sess = np.einsum("...d,...d->...", z.reshape(*a.shape, -1), v)
         return r, a, users, a_long, a_sess
 
+    def ctr_terms(self, request_ids: np.ndarray, ad_item_ids: np.ndarray) -> dict[str, np.ndarray]:
+        """The additive terms of the true pCTR logit (response.py), for diagnostics: `session`,
+        `long`, `quality`, `slot`, `env` and the constant `bias`; their sum is the logit
+        (tests/test_world.py checks it against `pctr`)."""
+        r, a, _, a_long, a_sess = self._parts(request_ids, ad_item_ids)
+        cfg = self.cfg
+        env = np.asarray(cfg.scene_bias)[self.req_scene[r]]
+        return {
+            "session": cfg.ctr_session * a_sess,
+            "long": cfg.ctr_long * a_long,
+            "quality": self.quality[a],
+            "slot": -cfg.ctr_slot * (self.req_slot[r] - 1),
+            "env": env + np.asarray(cfg.device_bias)[self.req_device[r]],
+            "bias": np.full(a.shape, cfg.ctr_bias),
+        }
+
     def pctr(self, request_ids: np.ndarray, ad_item_ids: np.ndarray) -> np.ndarray:
         r, a, _, a_long, a_sess = self._parts(request_ids, ad_item_ids)
         logit = ctr_logit(

@@ -337,7 +337,7 @@ class FeatureEmbedder(nn.Module):
 
     def session(self, r: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean of the current session's organic items (B, D); zeros when none."""
-        recent = (r["o_item"] > 0) & (r["o_gap"].long() <= SESSION_BUCKET)
+        recent = session_views(r)
         e = self.item(r["o_item"]) * recent[..., None]
         return e.sum(1) / recent.sum(1, keepdim=True).clamp(min=1)
 
@@ -367,15 +367,30 @@ def _share(hist: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torc
     return same.float().sum(-1) / mask.float().sum(-1, keepdim=True).clamp(min=1)
 
 
+def session_views(r: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, Lo) mask of the organic history that belongs to the current session."""
+    return (r["o_item"] > 0) & (r["o_gap"].long() <= SESSION_BUCKET)
+
+
+def session_mean(
+    content: torch.Tensor, r: dict[str, torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean content (B, E) of the current session's organic views (zeros when none), and their
+    count (B, 1)."""
+    sess = session_views(r)
+    n = sess.sum(1, keepdim=True)
+    x = (content[r["o_item"].long()] * sess[..., None]).sum(1) / n.clamp(min=1)
+    return x, n
+
+
 def match_features(e: FeatureEmbedder, r: dict[str, torch.Tensor], a: torch.Tensor) -> torch.Tensor:
     """(B, K, N_MATCH) parameter-free user x ad features for candidates a (B, K) ad indices."""
     rows = e.ad_row[a]
     xa = e.content[rows]  # (B, K, E)
     a_sub, a_cat = e.subtopic[rows], e.category[rows]
     o = r["o_item"].long()
-    o_ok = o > 0
-    sess = o_ok & (r["o_gap"].long() <= SESSION_BUCKET)
-    sess_x = (e.content[o] * sess[..., None]).sum(1) / sess.sum(1, keepdim=True).clamp(min=1)
+    sess = session_views(r)
+    sess_x, _ = session_mean(e.content, r)
     i = r["i_item"].long()
     clicked = (i > 0) & (r["i_action"].long() >= 2)
     click_x = (e.content[i] * clicked[..., None]).sum(1) / clicked.sum(1, keepdim=True).clamp(min=1)

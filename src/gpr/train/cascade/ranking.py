@@ -42,6 +42,7 @@ from gpr.train.cascade.features import (
     FeatureEmbedder,
     match_features,
 )
+from gpr.train.cascade.intent import SessionIntent
 
 
 class TargetAttention(nn.Module):
@@ -86,11 +87,23 @@ class RankingModel(nn.Module):
         self.att_o = TargetAttention(d, cfg.heads)
         self.att_i = TargetAttention(d, cfg.heads)
         self.deep = cfg.deep
-        self.trunk = nn.Sequential(mlp([11 * d + N_MATCH, h, h], cfg.dropout), nn.ReLU())
+        n_match = N_MATCH + int(cfg.intent)  # + the session-intent affinity (intent.py)
+        self.trunk = nn.Sequential(mlp([11 * d + n_match, h, h], cfg.dropout), nn.ReLU())
         self.ctr = mlp([h, h // 2, 1])
         self.cvr = mlp([h, h // 2, 1])
-        self.wide_ctr = nn.Linear(N_MATCH, 1)
-        self.wide_cvr = nn.Linear(N_MATCH, 1)
+        self.wide_ctr = nn.Linear(n_match, 1)
+        self.wide_cvr = nn.Linear(n_match, 1)
+        self.intent = (
+            SessionIntent(
+                cat.content.shape[1],
+                len(cat.content),
+                int(cat.subtopic.max()) + 1,
+                n_users,
+                cfg.intent_hidden,
+            )
+            if cfg.intent
+            else None
+        )
         biases = [nn.Embedding(n, 1) for n in ENV_SIZES]
         for emb in biases:
             nn.init.zeros_(emb.weight)
@@ -126,6 +139,8 @@ class RankingModel(nn.Module):
             "env_bias": sum(emb(r["env"][:, i]) for i, emb in enumerate(self.env_bias)),  # (B, 1)
             **{f"r_{k}": v for k, v in r.items()},
         }
+        if self.intent is not None:
+            s["intent"] = self.intent.query(e.content, e.subtopic, r)  # (B, E)
         if self.deep:
             s.update(
                 o=e.organic_history(r),
@@ -146,6 +161,9 @@ class RankingModel(nn.Module):
         b, k = ads.shape
         r = {k[2:]: v for k, v in s.items() if k.startswith("r_")}
         m = match_features(self.emb, r, ads)
+        if self.intent is not None:
+            x_ad = self.emb.content[self.emb.ad_row[ads]]
+            m = torch.cat([m, torch.einsum("bke,be->bk", x_ad, s["intent"])[..., None]], -1)
         ctr = self.wide_ctr(m).squeeze(-1) + s["env_bias"]
         cvr = self.wide_cvr(m).squeeze(-1)
         if not self.deep:

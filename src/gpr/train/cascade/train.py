@@ -31,6 +31,7 @@ from gpr.eval.metrics import auc, gauc
 from gpr.io import atomic_dir, file_sha256, write_json
 from gpr.train.cascade.config import CascadeConfig
 from gpr.train.cascade.features import Catalog, Requests, request_features, torch_threads
+from gpr.train.cascade.intent import train_intent
 from gpr.train.cascade.ranking import RankingModel, esmm_loss
 from gpr.train.cascade.retrieval import RetrievalModel
 
@@ -186,7 +187,7 @@ def train_ranking(
     if cfg.deep:
         model.load_state_dict(best["state"])
         model.deep = True
-        params = list(model.parameters())
+        params = [p for p in model.parameters() if p.requires_grad]
         best = _fit(model, params, cfg.epochs, "deep", train, valid, cfg, rng, best, log)
     model.load_state_dict(best.pop("state"))
     model.deep = cfg.deep and best["stage"] == "deep"
@@ -290,6 +291,10 @@ def train_cascade(
     with atomic_dir(out) as tmp, torch_threads(cfg.threads):
         log = tmp / "metrics.jsonl"
         ranking = RankingModel(cat, n_users, cfg)
+        i_meta: dict[str, Any] = {}
+        if ranking.intent is not None:  # frozen afterwards: clicks never move it
+            i_meta = train_intent(ranking.intent, logs, cat, cfg, rng)
+            _log(log, {"stage": "intent", **i_meta})
         r_best = train_ranking(ranking, train, valid, cfg, rng, log)
         retrieval = RetrievalModel(cat, n_users, cfg)
         q_best = train_retrieval(retrieval, logs, train, valid, cfg, rng, log)
@@ -307,6 +312,7 @@ def train_cascade(
             "config": cfg.model_dump(mode="json"),
             "metrics": {
                 "ranking": r_best,
+                "intent": i_meta,
                 "retrieval": q_best,
                 "n_train_impressions": len(train),
                 "n_valid_impressions": len(valid),

@@ -1,0 +1,173 @@
+"""Where the cascade ranker's pCTR AUC is lost: a decomposition against the hidden truth.
+
+    python benchmarks/ranking_gap.py [--seeds 7 8 9] [--cache out/bench]
+        [--runs 'out/bench/cascade_s{seed}'] [--out docs/results/ranking_gap.md]
+
+On each seed's test impressions (worlds and cascade runs as benchmarks/business.py caches them):
+- the AUC of the ranker's pCTR and of the true pCTR (the ceiling);
+- the true logit without each of its terms (what each term is worth);
+- the least-squares coefficients of the ranker's logit on the true terms (1.0 = fully captured);
+- what an observer who knew each user exactly (interests, weights, offset) could do with the
+  session: the truth with its session term replaced by its Bayes posterior mean given the
+  subtopics of the session's earlier views, and by its prior mean (no views).
+Diagnostics only: the truth is read here, never by a model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpr.eval.metrics import auc
+from gpr.eval.simulate import SimData
+from gpr.train.cascade.features import session_views
+from gpr.train.cascade.serve import load_cascade
+from gpr.train.cascade.train import impressions, predict
+from gpr.world.response import session_latent, view_subtopic_logits
+from gpr.world.truth import Truth
+
+TERMS = ("session", "long", "quality", "slot", "env")
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p, 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def session_bayes(
+    t: Truth,
+    request_ids: np.ndarray,
+    ad_items: np.ndarray,
+    view_sub: np.ndarray,
+    organic_sub: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(posterior, prior) means of the true session term, knowing the user exactly; view_sub
+    (N, L) subtopics of the session's earlier views, -1 where none."""
+    r = np.asarray(request_ids)
+    users = t.req_user[r]
+    days = np.clip(t.req_day[r], 0, t.interests.shape[0] - 1)
+    topics = t.interests[days, users]  # (N, 4), -1 padding
+    w = t.weights[users] * (topics >= 0)
+    n, k = topics.shape
+    z = session_latent(
+        t.sub_centroid, np.maximum(topics, 0).ravel(), np.repeat(t.offset[users], k, 0)
+    ).reshape(n, k, -1)
+    lp = view_subtopic_logits(t.cfg, t.sub_centroid, organic_sub, z.reshape(n * k, -1))
+    lp = (lp - np.logaddexp.reduce(lp, axis=1, keepdims=True)).reshape(n, k, -1)
+    seen = view_sub >= 0
+    ll = np.take_along_axis(lp, np.maximum(view_sub, 0)[:, None, :].repeat(k, 1), 2)
+    ll = (ll * seen[:, None, :]).sum(-1)  # (N, K)
+    with np.errstate(divide="ignore"):
+        log_post = np.where(w > 0, np.log(w) + ll, -np.inf)
+    post = np.exp(log_post - log_post.max(1, keepdims=True))
+    post /= post.sum(1, keepdims=True)
+    v = t.item_latent[np.asarray(ad_items)]
+    aff = t.cfg.ctr_session * np.einsum("nkd,nd->nk", z, v)
+    prior = w / w.sum(1, keepdims=True)
+    return (post * aff).sum(1), (prior * aff).sum(1)
+
+
+def run_seed(seed: int, cache: Path, run: Path) -> dict[str, Any]:
+    wdir = cache / f"world_s{seed}"
+    data = SimData.load(wdir)
+    logs, t = data.logs, data.truth
+    c = load_cascade(run, logs)
+    imp = impressions(logs, c.cat, "test", c.cfg)
+    j = logs.journeys
+    rows = j.impressions("test")
+    rows = rows[logs.ads.index_of(j.item[rows]) >= 0]  # as `impressions` keeps them
+    req, item = j.request[rows], j.item[rows]
+    y = imp.click
+    ours = _logit(predict(c.ranking, imp)[0])
+    terms = t.ctr_terms(req, item)
+    full = sum(terms.values())
+    x = np.stack([terms[k] for k in TERMS] + [np.ones(len(y))], 1)
+    coef, *_ = np.linalg.lstsq(x, ours, rcond=None)
+    r = {k: torch.from_numpy(v) for k, v in (("o_item", imp.req.o_item), ("o_gap", imp.req.o_gap))}
+    sess = session_views(r).numpy()
+    view_sub = np.where(sess, c.cat.subtopic[imp.req.o_item.astype(np.int64)] - 1, -1)
+    organic = logs.items.column("kind").to_numpy(zero_copy_only=False) != "ad"
+    organic_sub = logs.items.column("subtopic").to_numpy()[organic]
+    post, prior = session_bayes(t, req, item, view_sub, organic_sub)
+    return {
+        "seed": seed,
+        "n_impressions": len(y),
+        "n_clicks": int(y.sum()),
+        "auc_ranker": auc(y, ours),
+        "auc_truth": auc(y, full),
+        "auc_without": {k: auc(y, full - terms[k]) for k in TERMS},
+        "coef": {k: float(b) for k, b in zip(TERMS, coef, strict=False)},
+        "auc_session_posterior": auc(y, full - terms["session"] + post),
+        "auc_session_prior": auc(y, full - terms["session"] + prior),
+        "r2_ranker_on_terms": float(1 - ((ours - x @ coef) ** 2).mean() / ours.var()),
+    }
+
+
+def ms(v: list[float], fmt: str = "{:.4f}") -> str:
+    return f"{fmt.format(np.mean(v))} ± {fmt.format(np.std(v))}"
+
+
+def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+    ).stdout.strip()
+    seeds = " ".join(str(r["seed"]) for r in res)
+    lines = [
+        "# Where the ranking AUC is lost",
+        "",
+        f"`python benchmarks/ranking_gap.py --seeds {seeds} --runs '{args.runs}'` — small world, "
+        f"test impressions; {platform.machine()}, commit {commit}; {datetime.date.today()}.",
+        "Mean ± std over seeds; per seed in the JSON (`--json`).",
+        "",
+        "| scores of the test impressions | pCTR AUC |",
+        "|---|---|",
+        f"| cascade ranker | {ms([r['auc_ranker'] for r in res])} |",
+        f"| truth (ceiling) | {ms([r['auc_truth'] for r in res])} |",
+    ]
+    for k in TERMS:
+        lines.append(f"| truth without its {k} term | {ms([r['auc_without'][k] for r in res])} |")
+    lines += [
+        "| truth, session term := its posterior mean given the user and the session's views | "
+        f"{ms([r['auc_session_posterior'] for r in res])} |",
+        "| truth, session term := its prior mean given the user (no views) | "
+        f"{ms([r['auc_session_prior'] for r in res])} |",
+        "",
+        "Least-squares coefficients of the ranker's pCTR logit on the true terms (1.0 = the term"
+        " is fully captured, 0 = not at all); R² "
+        f"{ms([r['r2_ranker_on_terms'] for r in res], '{:.3f}')}:",
+        "",
+        "| " + " | ".join(TERMS) + " |",
+        "|" + "---|" * len(TERMS),
+        "| " + " | ".join(ms([r["coef"][k] for r in res], "{:.3f}") for k in TERMS) + " |",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
+    ap.add_argument("--cache", type=Path, default=Path("out/bench"))
+    ap.add_argument("--runs", default="out/bench/cascade_s{seed}")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args()
+    res = [run_seed(s, args.cache, Path(args.runs.format(seed=s))) for s in args.seeds]
+    text = report(args, res)
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+    if args.json:
+        args.json.write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()
