@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from gpr.config import load_config
+from gpr.io import write_json
 from gpr.tokenizer.pipeline import run_tokenize
 from gpr.train.mtp import evaluate_run, train
 from gpr.world import generate_world
@@ -84,7 +85,12 @@ def main() -> None:
             run = args.work / f"run_{v.strip('+')}_s{seed}"
             if not (run / "run.json").exists():
                 train(world, tok, cfg, run, "gpr", progress=False)
-            res = evaluate_run(run, "test")
+            cached = run / "eval_test.json"  # reused, so that a report over finished runs is quick
+            if cached.exists():
+                res = json.loads(cached.read_text())
+            else:
+                res = evaluate_run(run, "test")
+                write_json(cached, res)
             rows.append({"variant": v, "seed": seed, **res})
             print(f"{v:>20} seed {seed}: HitR@100 {res['hitrate@100']:.4f}", flush=True)
     print("\n| variant | HitR@100 (mean ± sd) | R@10 | vs HSTU |\n|---|---|---|---|")

@@ -20,6 +20,7 @@ import datetime
 import json
 import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,15 @@ import torch
 from gpr.eval.metrics import auc
 from gpr.eval.simulate import SimData
 from gpr.train.cascade.features import session_views
-from gpr.train.cascade.serve import load_cascade
-from gpr.train.cascade.train import impressions, predict
+from gpr.train.cascade.serve import Cascade, load_cascade
+from gpr.train.cascade.train import Impressions, impressions, predict
 from gpr.world.response import session_latent, view_subtopic_logits
 from gpr.world.truth import Truth
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from business import ms  # noqa: E402  (mean ± sd, ddof 1, as in the business tables)
+
+F4 = "{:.4f}"
 TERMS = ("session", "long", "quality", "slot", "env")
 
 
@@ -75,25 +80,33 @@ def session_bayes(
     return (post * aff).sum(1), (prior * aff).sum(1)
 
 
-def run_seed(seed: int, cache: Path, run: Path) -> dict[str, Any]:
-    wdir = cache / f"world_s{seed}"
-    data = SimData.load(wdir)
+def ranker_fit(c: Cascade, imp: Impressions, x: np.ndarray) -> dict[str, Any]:
+    """The ranker's test AUC and the least-squares fit of its logit on the true terms x."""
+    ours = _logit(predict(c.ranking, imp)[0])
+    coef, *_ = np.linalg.lstsq(x, ours, rcond=None)
+    return {
+        "auc": auc(imp.click, ours),
+        "coef": {k: float(b) for k, b in zip(TERMS, coef, strict=False)},
+        "r2": float(1 - ((ours - x @ coef) ** 2).mean() / ours.var()),
+    }
+
+
+def run_seed(seed: int, cache: Path, runs: list[str]) -> dict[str, Any]:
+    data = SimData.load(cache / f"world_s{seed}")
     logs, t = data.logs, data.truth
-    c = load_cascade(run, logs)
-    imp = impressions(logs, c.cat, "test", c.cfg)
+    cascades = [load_cascade(Path(run.format(seed=seed)), logs) for run in runs]
+    imp = impressions(logs, cascades[0].cat, "test", cascades[0].cfg)
     j = logs.journeys
     rows = j.impressions("test")
     rows = rows[logs.ads.index_of(j.item[rows]) >= 0]  # as `impressions` keeps them
     req, item = j.request[rows], j.item[rows]
     y = imp.click
-    ours = _logit(predict(c.ranking, imp)[0])
     terms = t.ctr_terms(req, item)
     full = sum(terms.values())
     x = np.stack([terms[k] for k in TERMS] + [np.ones(len(y))], 1)
-    coef, *_ = np.linalg.lstsq(x, ours, rcond=None)
     r = {k: torch.from_numpy(v) for k, v in (("o_item", imp.req.o_item), ("o_gap", imp.req.o_gap))}
     sess = session_views(r).numpy()
-    view_sub = np.where(sess, c.cat.subtopic[imp.req.o_item.astype(np.int64)] - 1, -1)
+    view_sub = np.where(sess, cascades[0].cat.subtopic[imp.req.o_item.astype(np.int64)] - 1, -1)
     organic = logs.items.column("kind").to_numpy(zero_copy_only=False) != "ad"
     organic_sub = logs.items.column("subtopic").to_numpy()[organic]
     post, prior = session_bayes(t, req, item, view_sub, organic_sub)
@@ -101,18 +114,12 @@ def run_seed(seed: int, cache: Path, run: Path) -> dict[str, Any]:
         "seed": seed,
         "n_impressions": len(y),
         "n_clicks": int(y.sum()),
-        "auc_ranker": auc(y, ours),
+        "rankers": {run: ranker_fit(c, imp, x) for run, c in zip(runs, cascades, strict=True)},
         "auc_truth": auc(y, full),
         "auc_without": {k: auc(y, full - terms[k]) for k in TERMS},
-        "coef": {k: float(b) for k, b in zip(TERMS, coef, strict=False)},
         "auc_session_posterior": auc(y, full - terms["session"] + post),
         "auc_session_prior": auc(y, full - terms["session"] + prior),
-        "r2_ranker_on_terms": float(1 - ((ours - x @ coef) ** 2).mean() / ours.var()),
     }
-
-
-def ms(v: list[float], fmt: str = "{:.4f}") -> str:
-    return f"{fmt.format(np.mean(v))} ± {fmt.format(np.std(v))}"
 
 
 def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
@@ -120,33 +127,43 @@ def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     seeds = " ".join(str(r["seed"]) for r in res)
+    runs = " ".join(f"--runs '{x}'" for x in args.runs)
     lines = [
         "# Where the ranking AUC is lost",
         "",
-        f"`python benchmarks/ranking_gap.py --seeds {seeds} --runs '{args.runs}'` — small world, "
+        f"`python benchmarks/ranking_gap.py --seeds {seeds} {runs}` — small world, "
         f"test impressions; {platform.machine()}, commit {commit}; {datetime.date.today()}.",
         "Mean ± std over seeds; per seed in the JSON (`--json`).",
         "",
         "| scores of the test impressions | pCTR AUC |",
         "|---|---|",
-        f"| cascade ranker | {ms([r['auc_ranker'] for r in res])} |",
-        f"| truth (ceiling) | {ms([r['auc_truth'] for r in res])} |",
+        f"| truth (ceiling) | {ms([r['auc_truth'] for r in res], F4)} |",
     ]
+    for run in args.runs:
+        auc_run = ms([r["rankers"][run]["auc"] for r in res], F4)
+        lines.insert(-1, f"| cascade ranker `{run}` | {auc_run} |")
     for k in TERMS:
-        lines.append(f"| truth without its {k} term | {ms([r['auc_without'][k] for r in res])} |")
+        lines.append(
+            f"| truth without its {k} term | {ms([r['auc_without'][k] for r in res], F4)} |"
+        )
     lines += [
         "| truth, session term := its posterior mean given the user and the session's views | "
-        f"{ms([r['auc_session_posterior'] for r in res])} |",
+        f"{ms([r['auc_session_posterior'] for r in res], F4)} |",
         "| truth, session term := its prior mean given the user (no views) | "
-        f"{ms([r['auc_session_prior'] for r in res])} |",
+        f"{ms([r['auc_session_prior'] for r in res], F4)} |",
         "",
-        "Least-squares coefficients of the ranker's pCTR logit on the true terms (1.0 = the term"
-        " is fully captured, 0 = not at all); R² "
-        f"{ms([r['r2_ranker_on_terms'] for r in res], '{:.3f}')}:",
+        "Least-squares coefficients of each ranker's pCTR logit on the true terms (1.0 = the"
+        " term is fully captured, 0 = not at all), and the R² of that fit:",
         "",
-        "| " + " | ".join(TERMS) + " |",
-        "|" + "---|" * len(TERMS),
-        "| " + " | ".join(ms([r["coef"][k] for r in res], "{:.3f}") for k in TERMS) + " |",
+        "| ranker | " + " | ".join(TERMS) + " | R² |",
+        "|---|" + "---|" * (len(TERMS) + 1),
+    ]
+    for run in args.runs:
+        fits = [r["rankers"][run] for r in res]
+        cells = [ms([f["coef"][k] for f in fits], "{:.3f}") for k in TERMS]
+        cells.append(ms([f["r2"] for f in fits], "{:.3f}"))
+        lines.append(f"| `{run}` | " + " | ".join(cells) + " |")
+    lines += [
         "",
     ]
     return "\n".join(lines)
@@ -156,11 +173,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
     ap.add_argument("--cache", type=Path, default=Path("out/bench"))
-    ap.add_argument("--runs", default="out/bench/cascade_s{seed}")
+    ap.add_argument("--runs", action="append", help="cascade run dir pattern (repeatable)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
-    res = [run_seed(s, args.cache, Path(args.runs.format(seed=s))) for s in args.seeds]
+    args.runs = args.runs or ["out/bench/cascade_s{seed}"]
+    res = [run_seed(s, args.cache, args.runs) for s in args.seeds]
     text = report(args, res)
     print(text)
     if args.out:
