@@ -11,15 +11,19 @@ stopping on validation HitR@100, evaluated on the test day (engaged ads). Cached
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
+import os
+import platform
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from gpr.config import load_config
-from gpr.io import write_json
+from gpr.io import atomic_write_text, write_json
 from gpr.tokenizer.pipeline import run_tokenize
 from gpr.train.mtp import evaluate_run, train
 from gpr.world import generate_world
@@ -57,6 +61,32 @@ def overrides_for(variant: str) -> list[str]:
     return [f"model.{k}={json.dumps(v)}" for k, v in HSTU_OFF.items() if k not in keep]
 
 
+def report(rows: list[dict[str, Any]], variants: list[str]) -> str:
+    """Markdown: HitR@100 / R@10 / NDCG@10 mean ± sd over seeds, the ratio to HSTU, train time."""
+    lines = [
+        "| variant | seeds | HitR@100 | R@10 | NDCG@10 | HitR@100 vs HSTU | train s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    hstu = np.mean([r["hitrate@100"] for r in rows if r["variant"] == "hstu"] or [np.nan])
+    for v in variants:
+        sel = [r for r in rows if r["variant"] == v]
+        if not sel:
+            continue
+
+        def ms(key: str, sel: list[dict[str, Any]] = sel) -> str:
+            x = np.array([r[key] for r in sel], dtype=float)
+            sd = x.std(ddof=1) if len(x) > 1 else 0.0
+            return f"{x.mean():.4f} ± {sd:.4f}"
+
+        ratio = np.mean([r["hitrate@100"] for r in sel]) / hstu
+        secs = np.mean([r["train_seconds"] for r in sel])
+        lines.append(
+            f"| {v} | {len(sel)} | {ms('hitrate@100')} | {ms('recall@10')} | {ms('ndcg@10')} "
+            f"| {ratio:.3f}× | {secs:.0f} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--preset", default="small")
@@ -65,6 +95,7 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     ap.add_argument("--work", type=Path, default=Path("out/bench/ablation"))
     ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--md", type=Path, default=None, help="markdown report (docs/results/...)")
     args = ap.parse_args()
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
@@ -91,16 +122,19 @@ def main() -> None:
             else:
                 res = evaluate_run(run, "test")
                 write_json(cached, res)
-            rows.append({"variant": v, "seed": seed, **res})
+            secs = json.loads((run / "run.json").read_text()).get("seconds", float("nan"))
+            rows.append({"variant": v, "seed": seed, "train_seconds": secs, **res})
             print(f"{v:>20} seed {seed}: HitR@100 {res['hitrate@100']:.4f}", flush=True)
-    print("\n| variant | HitR@100 (mean ± sd) | R@10 | vs HSTU |\n|---|---|---|---|")
-    hstu = np.mean([r["hitrate@100"] for r in rows if r["variant"] == "hstu"] or [np.nan])
-    for v in args.variants:
-        h = np.array([r["hitrate@100"] for r in rows if r["variant"] == v])
-        r10 = np.array([r["recall@10"] for r in rows if r["variant"] == v])
-        print(
-            f"| {v} | {h.mean():.4f} ± {h.std():.4f} | {r10.mean():.4f} | {h.mean() / hstu:.2f}× |"
+    table = report(rows, args.variants)
+    print(table)
+    if args.md:
+        machine = f"{platform.machine()}, {os.cpu_count()} cores"
+        cmd = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+        head = (
+            f"`{cmd}` — preset {args.preset}, seeds {' '.join(map(str, args.seeds))}; {machine}; "
+            f"commit {commit}; {datetime.date.today().isoformat()}.\n\n"
         )
+        atomic_write_text(args.md, head + table + "\n")
     if args.out:
         args.out.write_text(json.dumps({"commit": commit, "rows": rows}, indent=2) + "\n")
 
