@@ -28,6 +28,9 @@ from gpr.tokenizer.pipeline import run_tokenize
 from gpr.train.mtp import evaluate_run, train
 from gpr.world import generate_world
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from business import ms  # noqa: E402  (mean ± sd, ddof 1, as in the business tables)
+
 HSTU_OFF = {
     "hybrid_attention": False,
     "token_aware_ln": False,
@@ -73,15 +76,13 @@ def report(rows: list[dict[str, Any]], variants: list[str]) -> str:
         if not sel:
             continue
 
-        def ms(key: str, sel: list[dict[str, Any]] = sel) -> str:
-            x = np.array([r[key] for r in sel], dtype=float)
-            sd = x.std(ddof=1) if len(x) > 1 else 0.0
-            return f"{x.mean():.4f} ± {sd:.4f}"
+        def cell(key: str, sel: list[dict[str, Any]] = sel) -> str:
+            return ms([r[key] for r in sel], "{:.4f}")
 
         ratio = np.mean([r["hitrate@100"] for r in sel]) / hstu
         secs = np.mean([r["train_seconds"] for r in sel])
         lines.append(
-            f"| {v} | {len(sel)} | {ms('hitrate@100')} | {ms('recall@10')} | {ms('ndcg@10')} "
+            f"| {v} | {len(sel)} | {cell('hitrate@100')} | {cell('recall@10')} | {cell('ndcg@10')} "
             f"| {ratio:.3f}× | {secs:.0f} |"
         )
     return "\n".join(lines)

@@ -80,15 +80,37 @@ def session_bayes(
     return (post * aff).sum(1), (prior * aff).sum(1)
 
 
-def ranker_fit(c: Cascade, imp: Impressions, x: np.ndarray) -> dict[str, Any]:
-    """The ranker's test AUC and the least-squares fit of its logit on the true terms x."""
+def ranker_fit(c: Cascade, imp: Impressions, x: np.ndarray, session: np.ndarray) -> dict[str, Any]:
+    """The ranker's test AUC, the least-squares fit of its logit on the true terms x, and (when
+    it has one) the correlation of its session-intent feature with the true session term."""
     ours = _logit(predict(c.ranking, imp)[0])
     coef, *_ = np.linalg.lstsq(x, ours, rcond=None)
-    return {
+    out: dict[str, Any] = {
+        "logit": ours,
         "auc": auc(imp.click, ours),
+        "auc_sd": paired_auc_sd(imp.click, ours, None, 0),
         "coef": {k: float(b) for k, b in zip(TERMS, coef, strict=False)},
         "r2": float(1 - ((ours - x @ coef) ** 2).mean() / ours.var()),
     }
+    if c.ranking.intent is not None:
+        e = c.ranking.emb
+        with torch.no_grad():
+            q = c.ranking.intent.query(e.content, e.subtopic, imp.req.tensors())
+            f = (e.content[e.ad_row[torch.from_numpy(imp.ad)]] * q).sum(-1).numpy()
+        out["intent_corr_session"] = float(np.corrcoef(f, session)[0, 1])
+    return out
+
+
+def paired_auc_sd(
+    y: np.ndarray, a: np.ndarray, b: np.ndarray | None, seed: int, n: int = 200
+) -> float:
+    """Bootstrap sd (impressions resampled) of AUC(a) - AUC(b), or of AUC(a) when b is None."""
+    rng = np.random.default_rng(seed)
+    stats = []
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))
+        stats.append(auc(y[i], a[i]) - (auc(y[i], b[i]) if b is not None else 0.0))
+    return float(np.std(stats))
 
 
 def run_seed(seed: int, cache: Path, runs: list[str]) -> dict[str, Any]:
@@ -96,10 +118,7 @@ def run_seed(seed: int, cache: Path, runs: list[str]) -> dict[str, Any]:
     logs, t = data.logs, data.truth
     cascades = [load_cascade(Path(run.format(seed=seed)), logs) for run in runs]
     imp = impressions(logs, cascades[0].cat, "test", cascades[0].cfg)
-    j = logs.journeys
-    rows = j.impressions("test")
-    rows = rows[logs.ads.index_of(j.item[rows]) >= 0]  # as `impressions` keeps them
-    req, item = j.request[rows], j.item[rows]
+    req, item = logs.journeys.request[imp.pos], logs.ads.item_id[imp.ad]
     y = imp.click
     terms = t.ctr_terms(req, item)
     full = sum(terms.values())
@@ -110,11 +129,17 @@ def run_seed(seed: int, cache: Path, runs: list[str]) -> dict[str, Any]:
     organic = logs.items.column("kind").to_numpy(zero_copy_only=False) != "ad"
     organic_sub = logs.items.column("subtopic").to_numpy()[organic]
     post, prior = session_bayes(t, req, item, view_sub, organic_sub)
+    fits = {
+        run: ranker_fit(c, imp, x, terms["session"]) for run, c in zip(runs, cascades, strict=True)
+    }
+    first = fits[runs[0]]["logit"]
+    for fit in fits.values():  # paired bootstrap of the AUC difference to the first ranker
+        fit["auc_diff_sd"] = paired_auc_sd(y, fit.pop("logit"), first, seed)
     return {
         "seed": seed,
         "n_impressions": len(y),
         "n_clicks": int(y.sum()),
-        "rankers": {run: ranker_fit(c, imp, x) for run, c in zip(runs, cascades, strict=True)},
+        "rankers": fits,
         "auc_truth": auc(y, full),
         "auc_without": {k: auc(y, full - terms[k]) for k in TERMS},
         "auc_session_posterior": auc(y, full - terms["session"] + post),
@@ -137,11 +162,12 @@ def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
         "",
         "| scores of the test impressions | pCTR AUC |",
         "|---|---|",
-        f"| truth (ceiling) | {ms([r['auc_truth'] for r in res], F4)} |",
     ]
     for run in args.runs:
-        auc_run = ms([r["rankers"][run]["auc"] for r in res], F4)
-        lines.insert(-1, f"| cascade ranker `{run}` | {auc_run} |")
+        lines.append(
+            f"| cascade ranker `{run}` | {ms([r['rankers'][run]['auc'] for r in res], F4)} |"
+        )
+    lines.append(f"| truth (ceiling) | {ms([r['auc_truth'] for r in res], F4)} |")
     for k in TERMS:
         lines.append(
             f"| truth without its {k} term | {ms([r['auc_without'][k] for r in res], F4)} |"
@@ -165,7 +191,23 @@ def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
         lines.append(f"| `{run}` | " + " | ".join(cells) + " |")
     lines += [
         "",
+        "Per seed: each ranker's AUC with its bootstrap sd (200 resamples of the impressions), the"
+        f" paired bootstrap sd of its AUC difference to `{args.runs[0]}`, and the correlation of"
+        " its session-intent feature (if any) with the true session term:",
+        "",
+        "| ranker | seed | AUC | AUC sd | AUC − first | sd of the difference | intent corr |",
+        "|---|---|---|---|---|---|---|",
     ]
+    for run in args.runs:
+        for r in res:
+            f, base = r["rankers"][run], r["rankers"][args.runs[0]]["auc"]
+            corr = f.get("intent_corr_session")
+            lines.append(
+                f"| `{run}` | {r['seed']} | {f['auc']:.4f} | {f['auc_sd']:.4f} | "
+                f"{f['auc'] - base:+.4f} | {f['auc_diff_sd']:.4f} | "
+                f"{'' if corr is None else f'{corr:.3f}'} |"
+            )
+    lines.append("")
     return "\n".join(lines)
 
 

@@ -159,8 +159,8 @@ class CascadeConfig(_Strict):
     deep: bool = True  # the ranking's deep part (False: wide + env biases only, a GLM)
     wide_epochs: int = Field(12, ge=1)  # stage 1: the wide part alone (cheap)
     # session intent learnt from organic views (intent.py): one more ranking feature. Off: on the
-    # small world it moved the test AUC by +0.003 / -0.004 / +0.009 (seeds 7 / 8 / 9), inside the
-    # run-to-run spread (docs/results/ranking_gap.md)
+    # small world it moved the test AUC by +0.003 / -0.004 / +0.009 (seeds 7 / 8 / 9), not
+    # significant against paired-bootstrap sds of ~0.004 (docs/results/ranking_gap.md)
     intent: bool = False
     intent_hidden: int = Field(256, ge=4)
     intent_epochs: int = Field(2, ge=1)

@@ -29,7 +29,6 @@ from torch import nn
 from gpr.eval.history import SPLIT_CODE, TYPE_CODE, LogData
 from gpr.train.cascade.config import CascadeConfig
 from gpr.train.cascade.features import (
-    SESSION_BUCKET,
     Catalog,
     Requests,
     request_features,
@@ -126,6 +125,5 @@ def train_intent(
         "n_views": len(pos),
         "first_loss": float(np.mean(losses[:k])),
         "last_loss": float(np.mean(losses[-k:])),
-        "session_bucket": SESSION_BUCKET,
         "seconds": round(time.perf_counter() - t0, 1),
     }
