@@ -78,7 +78,7 @@ def test_metrics(run: Path) -> dict[str, Any]:
     return res
 
 
-def changed_settings(info: dict[str, Any]) -> str:
+def changed_settings(info: dict[str, Any]) -> list[str]:
     """`section.field=value` for every model/train field the run changed from its preset."""
     cfg = info["config"]
     preset = load_config(cfg["preset"]).model_dump(mode="json")
@@ -87,7 +87,7 @@ def changed_settings(info: dict[str, Any]) -> str:
         for k, v in cfg[section].items():
             if preset[section].get(k) != v and k not in ("threads", "device"):
                 out.append(f"{section}.{k}={v}")
-    return ", ".join(out)
+    return out
 
 
 def collect(work: Path, name: str) -> list[dict[str, Any]]:
@@ -105,11 +105,14 @@ def collect(work: Path, name: str) -> list[dict[str, Any]]:
                 "run": run.name,
                 "model": info["model"],
                 "seed": info["config"]["seed"],
+                "preset": info["config"]["preset"],
                 "settings": changed_settings(info),
                 "parameters": info["parameters"],
                 "train_seconds": info["seconds"],
                 "epochs": info["epochs_run"],
                 "best_epoch": best.get("epoch"),
+                "valid_r10": best.get("recall@10", float("nan")),
+                "valid_n10": best.get("ndcg@10", float("nan")),
                 "device": info.get("device", "?"),
                 "invalid_rate": res.get("invalid_rate"),
                 **{k: res[k] for k in KEYS},
@@ -119,20 +122,31 @@ def collect(work: Path, name: str) -> list[dict[str, Any]]:
 
 
 def report(rows: list[dict[str, Any]], name: str) -> str:
-    """Markdown table of the runs of one dataset, best R@10 first, then the published rows."""
+    """Markdown table of the runs of one dataset, best R@10 first, then the published rows.
+
+    Settings every run shares are listed once above the table; the column shows the rest.
+    """
+    common = set.intersection(*(set(r["settings"]) for r in rows)) if rows else set()
+    presets = sorted({r["preset"] for r in rows})
     lines = [
-        f"| {name} | R@5 | N@5 | R@10 | N@10 | params | train s | epochs (best) | settings |",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"Preset {', '.join(presets)}; every run: {', '.join(sorted(common)) or '-'}.",
+        "",
+        f"| {name} | R@5 | N@5 | R@10 | N@10 | valid R@10 / N@10 | params | train s "
+        "| epochs (best) | other settings |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in sorted(rows, key=lambda r: -r["recall@10"]):
         cells = " | ".join(f"{r[k]:.4f}" for k in KEYS)
+        own = ", ".join(s for s in r["settings"] if s not in common)
+        valid = f"{r['valid_r10']:.4f} / {r['valid_n10']:.4f}"
         lines.append(
-            f"| {r['run'].removeprefix('run_')} | {cells} | {r['parameters'] / 1e6:.2f} M "
-            f"| {r['train_seconds']:.0f} | {r['epochs']} ({r['best_epoch']}) | {r['settings']} |"
+            f"| {r['run'].removeprefix('run_')} | {cells} | {valid} "
+            f"| {r['parameters'] / 1e6:.2f} M | {r['train_seconds']:.0f} "
+            f"| {r['epochs']} ({r['best_epoch']}) | {own} |"
         )
     for label, vals in PUBLISHED.get(name, {}).items():
         cells = " | ".join("" if v is None else f"{v:.4f}" for v in vals)
-        lines.append(f"| {label} | {cells} | | | | |")
+        lines.append(f"| {label} | {cells} | | | | | |")
     return "\n".join(lines)
 
 
