@@ -104,7 +104,6 @@ def collect(work: Path, name: str) -> list[dict[str, Any]]:
                 "dataset": name,
                 "run": run.name,
                 "model": info["model"],
-                "seed": info["config"]["seed"],
                 "preset": info["config"]["preset"],
                 "settings": changed_settings(info),
                 "parameters": info["parameters"],
@@ -113,8 +112,6 @@ def collect(work: Path, name: str) -> list[dict[str, Any]]:
                 "best_epoch": best.get("epoch"),
                 "valid_r10": best.get("recall@10", float("nan")),
                 "valid_n10": best.get("ndcg@10", float("nan")),
-                "device": info.get("device", "?"),
-                "invalid_rate": res.get("invalid_rate"),
                 **{k: res[k] for k in KEYS},
             }
         )
@@ -160,7 +157,7 @@ def main() -> None:
     ap.add_argument("--tag", default="", help="sweep point name, part of the run directories")
     ap.add_argument("--shared", type=Path, default=Path("../shared/data"))
     ap.add_argument("--work", type=Path, default=Path("out/bench/public"))
-    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--out", type=Path, default=None, help="JSON of every finished run")
     ap.add_argument("--md", type=Path, default=None, help="markdown table of every finished run")
     ap.add_argument("--report-only", action="store_true", help="train nothing, only report")
     args = ap.parse_args()
@@ -169,7 +166,6 @@ def main() -> None:
         ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
     print(f"# public benchmark: preset {args.preset}, commit {commit}, seeds {args.seeds}")
-    results: dict[str, Any] = {"commit": commit, "preset": args.preset, "runs": []}
     tag = f"_{args.tag}" if args.tag else ""
     for name in args.datasets if not args.report_only else []:
         data, tok = prepare_dataset(
@@ -182,12 +178,12 @@ def main() -> None:
                 if not (run / "run.json").exists():
                     train(data, tok, cfg, run, model, progress=False)
                 res = test_metrics(run)
-                results["runs"].append({"dataset": name, "run": run.name, **res})
                 cells = " ".join(f"{k} {res[k]:.4f}" for k in KEYS)
                 print(f"{name} {run.name}: {cells}", flush=True)
-    tables = []
+    tables, every = [], []
     for name in args.datasets:
         rows = collect(args.work, name)
+        every += rows
         if rows:
             tables.append(report(rows, name))
             print("\n" + tables[-1])
@@ -201,7 +197,7 @@ def main() -> None:
         atomic_write_text(args.md, head + "\n\n".join(tables) + "\n")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(results, indent=2) + "\n")
+        args.out.write_text(json.dumps({"commit": commit, "runs": every}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
