@@ -21,6 +21,7 @@ import datetime
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,11 +56,17 @@ PUBLISHED = {
 }
 
 
+def tok_dirname(overrides: list[str]) -> str:
+    """`tok`, or `tok_<settings>` when tokenizer.* overrides change the semantic IDs."""
+    tok_sets = sorted(o.removeprefix("tokenizer.") for o in overrides if o.startswith("tokenizer."))
+    return "_".join(["tok", *(re.sub(r"[^A-Za-z0-9.=-]", "-", o) for o in tok_sets)])
+
+
 def prepare_dataset(
     name: str, shared: Path, work: Path, cfg_args: dict[str, Any]
 ) -> tuple[Path, Path]:
     folder, seq = DATASETS[name]
-    data, tok = work / name / "data", work / name / "tok"
+    data, tok = work / name / "data", work / name / tok_dirname(cfg_args["overrides"])
     if not (data / "manifest.json").exists():
         import_amazon(shared / folder / seq, shared / folder / "item_meta.tsv", data, name)
     embed_items(data)
@@ -79,11 +86,11 @@ def test_metrics(run: Path) -> dict[str, Any]:
 
 
 def changed_settings(info: dict[str, Any]) -> list[str]:
-    """`section.field=value` for every model/train field the run changed from its preset."""
+    """`section.field=value` for each tokenizer/model/train field changed from the preset."""
     cfg = info["config"]
     preset = load_config(cfg["preset"]).model_dump(mode="json")
     out = []
-    for section in ("model", "train"):
+    for section in ("tokenizer", "model", "train"):
         for k, v in cfg[section].items():
             if preset[section].get(k) != v and k not in ("threads", "device"):
                 out.append(f"{section}.{k}={v}")
