@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ from tests.conftest import overfit
 
 @pytest.fixture(scope="module")
 def prep(tiny_world: Path, tiny_sids: Path) -> Prepared:
-    cfg = load_config("tiny")
+    cfg = load_config("tiny", overrides=["model.content_input=true"])  # loads the content table
     return prepare(tiny_world, tiny_sids, cfg.model, cfg.tokenizer.codebook_size)
 
 
@@ -68,10 +69,17 @@ def _first_level_logits(model: GPRModel, b) -> torch.Tensor:  # type: ignore[no-
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize("hybrid", [True, False])
-def test_no_future_token_changes_a_prediction(prep: Prepared, hybrid: bool) -> None:
+@pytest.mark.parametrize(("hybrid", "item_ids"), [(True, False), (False, False), (True, True)])
+def test_no_future_token_changes_a_prediction(prep: Prepared, hybrid: bool, item_ids: bool) -> None:
     torch.manual_seed(0)
-    mcfg = load_config("tiny").model.model_copy(update={"hybrid_attention": hybrid, "dropout": 0.0})
+    mcfg = load_config("tiny").model.model_copy(
+        update={
+            "hybrid_attention": hybrid,
+            "dropout": 0.0,
+            "item_ids": item_ids,
+            "content_input": item_ids,
+        }
+    )
     model = build_model(prep, mcfg).eval()
     b = _batch(prep)
     base = _first_level_logits(model, b)
@@ -86,13 +94,22 @@ def test_no_future_token_changes_a_prediction(prep: Prepared, hybrid: bool) -> N
                 continue
             codes, field, action = b.codes.clone(), b.field.clone(), b.action.clone()
             codes[sel] = torch.randint(0, 16, codes[sel].shape, generator=gen)
+            item = b.item.clone()
+            item[sel & (item >= 0)] = (item[sel & (item >= 0)] + 1) % len(prep.sids.codes)
             field[sel] = torch.randint(0, 3, field[sel].shape, generator=gen)
             action[sel] = (action[sel] + 1) % 3
             ttype = b.ttype.clone()
             if kind is None:
                 ttype[sel] = torch.where(ttype[sel] == O, E, O)
             pert = type(b)(
-                **{**b.__dict__, "codes": codes, "field": field, "action": action, "ttype": ttype}
+                **{
+                    **b.__dict__,
+                    "codes": codes,
+                    "field": field,
+                    "action": action,
+                    "ttype": ttype,
+                    "item": item,
+                }
             )
             new = _first_level_logits(model, pert)
             torch.testing.assert_close(new[p], base[p], rtol=1e-5, atol=1e-5)
@@ -114,6 +131,8 @@ COMPONENTS = [
     {"refining": False},
     {"hte": False},
     {"mtp_heads": 1},
+    {"item_ids": True},
+    {"content_input": True},
 ]
 
 
@@ -132,6 +151,32 @@ def test_each_component_trains(prep: Prepared, change: dict) -> None:  # type: i
     assert losses[-1] < 0.8 * losses[0], losses
     grads = [p.grad for p in model.hsd.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+@pytest.mark.parametrize("option", ["item_ids", "content_input"])
+def test_item_inputs_tell_apart_items_with_the_same_codes(prep: Prepared, option: str) -> None:
+    torch.manual_seed(0)
+    b = _batch(prep, n=2)
+    swapped = b.item.clone()
+    swapped[b.item >= 0] = (b.item[b.item >= 0] + 1) % len(prep.sids.codes)  # codes kept
+    pert = type(b)(**{**b.__dict__, "item": swapped})
+    for on in (False, True):
+        mcfg = load_config("tiny").model.model_copy(update={option: on, "dropout": 0.0})
+        emb = build_model(prep, mcfg).eval().embed
+        same = torch.allclose(emb(b), emb(pert))
+        assert same != on
+        if on:  # padding and U/E tokens get no item embedding
+            keep = b.item < 0
+            torch.testing.assert_close(emb(b)[keep], emb(pert)[keep])
+
+
+def test_content_input_needs_the_content_table(prep: Prepared) -> None:
+    mcfg = load_config("tiny").model.model_copy(update={"content_input": True})
+    with pytest.raises(ValueError, match="content"):
+        build_model(replace(prep, content_table=None), mcfg)
+    assert prep.content_table is not None
+    ids = prep.journeys.item[prep.journeys.item >= 0][:5]
+    assert prep.content_table[ids].abs().sum(1).gt(0).all()
 
 
 def test_hstu_baseline_is_gpr_with_components_off() -> None:

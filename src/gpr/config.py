@@ -100,6 +100,10 @@ class TokenizerConfig(_Strict):
     lr: float = Field(1e-3, gt=0)
     kmeans_iters: int = Field(25, ge=1)
     balanced: bool = False
+    # collaborative part of the item vector (tokenizer/collab.py): PPMI-SVD rank, 0 = content only
+    collab_dim: int = Field(0, ge=0)
+    collab_weight: float = Field(1.0, gt=0)
+    collab_window: int = Field(3, ge=1)
     device: str = "auto"
 
 
@@ -126,6 +130,12 @@ class ModelConfig(_Strict):
     mtp_weights: list[float] | None = None
     diffusion_weight: float = Field(0.1, ge=0)
     hte_weight: float = Field(0.5, ge=0)
+    # a learned per-item embedding added to O/I input tokens (outputs stay semantic IDs); tells
+    # apart items whose SID prefixes collide, at the cost of an item-sized table
+    item_ids: bool = False
+    # the item's content embedding (what the tokenizer encodes), projected and added to O/I input
+    # tokens: content similarity reaches the model directly, also for items never seen in training
+    content_input: bool = False
 
 
 class TrainConfig(_Strict):

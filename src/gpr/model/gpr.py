@@ -31,13 +31,24 @@ class GPRModel(nn.Module):
         codebook_size: int,
         dedup_size: int,
         thought_table: torch.Tensor | None = None,
+        n_items: int = 0,
+        content: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         d = cfg.d_model
+        if cfg.content_input and content is None:
+            raise ValueError("model.content_input needs the items' content table (prepare())")
         self.cfg = cfg
         self.levels = levels
         self.level_sizes = [codebook_size] * levels + [dedup_size]
-        self.embed = TokenEmbedding(d, levels, codebook_size, cfg.max_len)
+        self.embed = TokenEmbedding(
+            d,
+            levels,
+            codebook_size,
+            cfg.max_len,
+            n_items if cfg.item_ids else 0,
+            content if cfg.content_input else None,
+        )
         self.hsd = HSD(
             d,
             cfg.layers,

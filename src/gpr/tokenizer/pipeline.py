@@ -29,6 +29,7 @@ from gpr.config import GprConfig, TokenizerConfig
 from gpr.data.schema import read_table
 from gpr.errors import GprInputError
 from gpr.io import atomic_dir, atomic_write_text, read_json, write_json, write_parquet
+from gpr.tokenizer.collab import with_collab
 from gpr.tokenizer.dedup import dedup_index, extend_dedup, validate_embeddings
 from gpr.tokenizer.embed import EmbeddingResult, embed_items, read_items
 from gpr.tokenizer.methods import METHODS, build_tokenizer, load_tokenizer
@@ -150,6 +151,10 @@ def run_tokenize(
         )
     emb_file = root / "embeddings"
     x = validate_embeddings(emb.matrix, 0, file=emb_file)
+    if tcfg.collab_dim > 0:
+        x = with_collab(
+            root, item_ids, x, tcfg.collab_dim, tcfg.collab_weight, tcfg.collab_window, seed_
+        )
     fit = fit_mask(items, manifest)
     x_fit = validate_embeddings(x[fit], tcfg.codebook_size, file=emb_file)
 
@@ -180,6 +185,9 @@ def run_tokenize(
         "dedup_max": int(dedup.max()),
         "seconds": round(seconds, 3),
     }
+    if tcfg.collab_dim > 0:
+        metrics["collab_dim"] = tcfg.collab_dim
+        metrics["collab_weight"] = tcfg.collab_weight
     category = items.column("category").to_numpy(zero_copy_only=False).astype(np.int64)
     known = fit & (category >= 0)
     if known.any():

@@ -45,7 +45,7 @@ from gpr.model.journey import (
 )
 from gpr.model.thoughts import item_topics, topic_table, window_thoughts
 from gpr.model.trie import Trie
-from gpr.tokenizer.embed import minilm_encoder
+from gpr.tokenizer.embed import embed_items, minilm_encoder
 
 MODELS = ("gpr", "hstu", "tiger", "sasrec")
 Recommender = GPRModel | TIGER | SASRec
@@ -89,6 +89,7 @@ class Prepared:
     engaged_only: bool  # ad world: evaluate on requests whose shown ad was clicked
     item_topic: np.ndarray | None = None  # thought tokens: topic of every item
     thought_table: torch.Tensor | None = None  # (n_topics, dim) embedded thought texts
+    content_table: torch.Tensor | None = None  # (n_items, dim) item content, by item id
 
     def batch(
         self,
@@ -149,6 +150,11 @@ def prepare(
         prep.item_topic, phrases = item_topics(ds)
         encoder = thought_encoder or minilm_encoder()
         prep.thought_table = torch.from_numpy(topic_table(phrases, encoder))
+    if mcfg.content_input:
+        emb = embed_items(data_dir)
+        table = np.zeros((len(sids.codes), emb.matrix.shape[1]), dtype=np.float32)
+        table[np.asarray(emb.item_ids)] = emb.matrix
+        prep.content_table = torch.from_numpy(table)
     return prep
 
 
@@ -207,7 +213,15 @@ def build_model(prep: Prepared, mcfg: ModelConfig, name: str = "gpr") -> Recomme
     if name == "sasrec":
         return SASRec(mcfg, len(prep.sids.codes))
     table = prep.thought_table if mcfg.thought_tokens > 0 else None
-    return GPRModel(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1], table)
+    return GPRModel(
+        mcfg,
+        prep.sids.levels,
+        prep.sids.codebook_size,
+        prep.level_sizes[-1],
+        table,
+        n_items=len(prep.sids.codes),
+        content=prep.content_table,
+    )
 
 
 def train(

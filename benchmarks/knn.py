@@ -1,0 +1,77 @@
+"""A non-learned reference on the TIGER protocol: the last item's nearest neighbours.
+
+    python benchmarks/knn.py --data out/pub/beauty/data --split test --collab-dim 64
+
+For each user, the target of `--split` (valid: second-last item, test: last) is ranked by cosine
+to the item just before it, over the full catalogue (the query item itself excluded), in three
+item spaces: the MiniLM content embedding, the train-split PPMI-SVD vector
+(gpr/tokenizer/collab.py) and their concatenation (what `tokenizer.collab_dim` feeds the
+tokenizer). It shows how much item-to-item signal each space carries, i.e. what semantic IDs
+built on it can expose to a generative model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gpr.eval.retrieval import retrieval_metrics
+from gpr.tokenizer.collab import item_sequences, with_collab
+from gpr.tokenizer.embed import embed_items
+
+
+def query_target(data: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(previous item, target item) for every user's `split` O/I event."""
+    user, item, sp = item_sequences(data)
+    idx = np.nonzero((sp == split) & np.r_[False, user[1:] == user[:-1]])[0]
+    return item[idx - 1], item[idx]
+
+
+def rank(space: np.ndarray, q: np.ndarray, k: int = 10, chunk: int = 4096) -> np.ndarray:
+    """Top-k rows by cosine to each query row (the query itself excluded)."""
+    e = torch.from_numpy(space)
+    e = e / e.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    out = []
+    for s in range(0, len(q), chunk):
+        qq = torch.from_numpy(q[s : s + chunk])
+        sim = e[qq] @ e.T
+        sim[torch.arange(len(qq)), qq] = -torch.inf
+        out.append(sim.topk(k, dim=1).indices.numpy())
+    return np.concatenate(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--data", type=Path, required=True)
+    ap.add_argument("--split", choices=["valid", "test"], default="test")
+    ap.add_argument("--collab-dim", type=int, default=64)
+    ap.add_argument("--window", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=7)
+    args = ap.parse_args()
+    emb = embed_items(args.data)
+    ids, x = np.asarray(emb.item_ids), emb.matrix
+    row = np.full(ids.max() + 1, -1)
+    row[ids] = np.arange(len(ids))
+    prev, tgt = query_target(args.data, args.split)
+    q, t = row[prev], row[tgt]
+    full = with_collab(args.data, ids, x, args.collab_dim, 1.0, args.window, args.seed)
+    spaces = {"content": x, "collab": full[:, x.shape[1] :], "content+collab": full}
+    res = {}
+    print(f"# {args.data} {args.split}: {len(t)} users, collab_dim {args.collab_dim}")
+    for name, space in spaces.items():
+        top = rank(np.ascontiguousarray(space), q, k=100)
+        res[name] = retrieval_metrics(top, t, np.arange(len(ids)))
+        m = res[name]
+        print(
+            f"{name}: R@5 {m['recall@5']:.4f} N@5 {m['ndcg@5']:.4f} "
+            f"R@10 {m['recall@10']:.4f} N@10 {m['ndcg@10']:.4f}"
+        )
+    print(json.dumps(res))
+
+
+if __name__ == "__main__":
+    main()
