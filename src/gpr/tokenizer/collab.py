@@ -51,8 +51,7 @@ def ppmi_svd(
     out = np.zeros((n_items, dim), dtype=np.float32)
     if not len(r):
         return out
-    m = sp.coo_matrix((np.ones(len(r)), (r, c)), shape=(n_items, n_items)).tocsr()
-    m.sum_duplicates()
+    m = sp.coo_matrix((np.ones(len(r)), (r, c)), shape=(n_items, n_items)).tocsr()  # sums pairs
     total = m.sum()
     deg = np.asarray(m.sum(axis=1)).ravel()
     coo = m.tocoo()
@@ -85,9 +84,7 @@ def with_collab(
             file=Path(data_dir) / "events.parquet",
             field="split",
         )
-    order = np.argsort(item_ids)
-    pos = np.searchsorted(item_ids[order], item)
-    pos = np.minimum(pos, len(order) - 1)
-    index = np.where(item_ids[order][pos] == item, order[pos], -1)
-    collab = ppmi_svd(user, index, len(item_ids), dim, window, seed)
+    row = np.full(max(int(item_ids.max()), int(item.max())) + 1, -1)
+    row[item_ids] = np.arange(len(item_ids))
+    collab = ppmi_svd(user, row[item], len(item_ids), dim, window, seed)
     return np.concatenate([content, weight * collab], axis=1).astype(np.float32)
