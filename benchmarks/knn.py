@@ -8,6 +8,11 @@ item spaces: the MiniLM content embedding, the train-split PPMI-SVD vector
 (gpr/tokenizer/collab.py) and their concatenation (what `tokenizer.collab_dim` feeds the
 tokenizer). It shows how much item-to-item signal each space carries, i.e. what semantic IDs
 built on it can expose to a generative model.
+
+A fourth row, `train popularity`, ranks every user's target against the same top items (the
+most frequent train-split items): the share of that signal a trained model also learns. The
+drift line compares the targets of --split with the train targets (mean log(1 + train count),
+share never seen in train), which is what separates valid from test for models with such a prior.
 """
 
 from __future__ import annotations
@@ -70,6 +75,19 @@ def main() -> None:
             f"{name}: R@5 {m['recall@5']:.4f} N@5 {m['ndcg@5']:.4f} "
             f"R@10 {m['recall@10']:.4f} N@10 {m['ndcg@10']:.4f}"
         )
+    user, item, sp = item_sequences(args.data)
+    count = np.bincount(row[item[sp == "train"]], minlength=len(ids))
+    popular = np.argsort(-count, kind="stable")[:100]
+    res["train popularity"] = retrieval_metrics(
+        np.tile(popular, (len(t), 1)), t, np.arange(len(ids))
+    )
+    m = res["train popularity"]
+    print(f"train popularity: R@10 {m['recall@10']:.4f} N@10 {m['ndcg@10']:.4f}")
+    res["drift"] = {
+        "target_log_train_count": float(np.log1p(count[t]).mean()),
+        "target_unseen_in_train": float((count[t] == 0).mean()),
+    }
+    print(f"drift: {res['drift']}")
     print(json.dumps(res))
 
 

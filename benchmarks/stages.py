@@ -58,8 +58,12 @@ def _timed(fn: Any, *a: Any, **kw: Any) -> tuple[Any, float]:
     return out, time.perf_counter() - t0
 
 
-def train_stages(cfg: GprConfig, wdir: Path, work: Path, cache: Path, seed: int) -> dict[str, Any]:
+def train_stages(
+    cfg: GprConfig, wdir: Path, work: Path, cache: Path, seed: int, upto: str = STAGES[-1]
+) -> dict[str, Any]:
+    """Train (or reuse) the SIDs, the cascade and the stages up to and including `upto`."""
     secs: dict[str, float] = {}
+    wanted = STAGES[: STAGES.index(upto) + 1]
     tok = work / "sids"
     if not (tok / "sids.parquet").exists():
         _, secs["sids"] = _timed(run_tokenize, wdir, cfg, tok)
@@ -69,14 +73,14 @@ def train_stages(cfg: GprConfig, wdir: Path, work: Path, cache: Path, seed: int)
     runs = {s: work / s for s in STAGES}
     if not (runs["mtp"] / "run.json").exists():
         _, secs["mtp"] = _timed(train, wdir, tok, cfg, runs["mtp"], "gpr", False)
-    if not (runs["vaft"] / "run.json").exists():
+    if "vaft" in wanted and not (runs["vaft"] / "run.json").exists():
         _, secs["vaft"] = _timed(train_vaft, runs["mtp"], casc, cfg, runs["vaft"], False)
     for stage, init, arr in (
         ("dpo", "vaft", False),
         ("hepo", "dpo", False),
         ("hepo_arr", "dpo", True),
     ):
-        if not (runs[stage] / "run.json").exists():
+        if stage in wanted and not (runs[stage] / "run.json").exists():
             kind = "dpo" if stage == "dpo" else "hepo"
             _, secs[stage] = _timed(align, kind, runs[init], casc, cfg, runs[stage], arr, False)
     return {"runs": runs, "cascade": casc, "seconds": secs}

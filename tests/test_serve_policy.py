@@ -4,17 +4,60 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from gpr.config import load_config
-from gpr.eval.simulate import simulate_spec
+from gpr.errors import GprInputError
+from gpr.eval.policy import RequestBatch, load_policy
+from gpr.eval.simulate import SimData, simulate_spec
+from gpr.serve.policy import GenerativePolicy
 from gpr.train.mtp import train
 
 
-def test_gpr_run_is_a_policy(tiny_world: Path, tiny_sids: Path, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def tiny_run(tiny_world: Path, tiny_sids: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     cfg = load_config("tiny", overrides=["train.epochs=1"])
-    train(tiny_world, tiny_sids, cfg, tmp_path / "run", "gpr", progress=False)
-    res = simulate_spec(tmp_path / "run", tiny_world, "test", max_requests=300)
+    run = tmp_path_factory.mktemp("serve") / "run"
+    train(tiny_world, tiny_sids, cfg, run, "gpr", progress=False)
+    return run
+
+
+def test_gpr_run_is_a_policy(tiny_world: Path, tiny_run: Path) -> None:
+    res = simulate_spec(tiny_run, tiny_world, "test", max_requests=300)
     assert res["policy"].startswith("gpr:")
     assert res["ineligible_ranked"] == 0 and res["max_overspend_impressions"] <= 1
     assert res["n_shown"] == res["requests_with_eligible"] and res["rpm"] > 0
     oracle = simulate_spec("oracle", tiny_world, "test", max_requests=300)
     assert oracle["rpm"] >= res["rpm"]
+
+
+def test_bid_weight_adds_log_bid_to_the_log_probability(tiny_world: Path, tiny_run: Path) -> None:
+    data = SimData.load(tiny_world)
+    pos = data.journeys.requests("test")[:48]
+    elig = np.ones((len(pos), data.ads.n), dtype=bool)
+    batch = RequestBatch.at(pos, data.journeys, data.ads, data.logs.users, elig, m=1000)
+    plain = GenerativePolicy(tiny_run, tiny_world).rank(batch)
+    tilted = GenerativePolicy(tiny_run, tiny_world, overrides=["serve.bid_weight=0.7"])
+    assert tilted.name.endswith("+bid0.7")
+    got = tilted.rank(batch)
+    bid = dict(zip(data.ads.item_id.tolist(), data.ads.bid.tolist(), strict=True))
+    n_moved = 0
+    for r in range(len(pos)):
+        base = {a: v for a, v in zip(plain.ads[r], plain.values[r], strict=True) if a >= 0}
+        ads = [a for a in got.ads[r] if a >= 0]
+        assert sorted(ads) == sorted(base)  # the same candidates, re-ordered
+        want = [base[a] + 0.7 * np.log(bid[a]) for a in ads]
+        np.testing.assert_allclose(got.values[r][: len(ads)], want, rtol=1e-5, atol=1e-5)
+        assert (np.diff(want) <= 1e-6).all()  # best first
+        n_moved += ads != [a for a in plain.ads[r] if a >= 0]
+    assert n_moved > 0
+
+
+def test_serve_overrides_are_checked(tiny_world: Path, tiny_run: Path) -> None:
+    with pytest.raises(GprInputError, match="serve.bid_weight"):
+        load_policy(tiny_run, tiny_world, overrides=["serve.bid_weight=-1"])
+    with pytest.raises(GprInputError, match="only serve"):
+        load_policy(tiny_run, tiny_world, overrides=["train.lr=1"])
+    with pytest.raises(GprInputError, match="do not apply"):
+        load_policy("oracle", tiny_world, overrides=["serve.bid_weight=1"])

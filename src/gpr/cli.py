@@ -295,11 +295,15 @@ def simulate_cmd(
     batch_size: int = 512,
     max_requests: int | None = None,
     seed: int = 0,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="serving override of a run: serve.field=value"),
+    ] = None,
 ) -> None:
     """Replay a split's requests: the policy chooses, the hidden truth scores (RPM, CTCVR...)."""
     from gpr.eval.simulate import simulate_spec
 
-    res = simulate_spec(policy, data, split, out, batch_size, max_requests, seed)
+    res = simulate_spec(policy, data, split, out, batch_size, max_requests, seed, sets)
     _print_json({k: v for k, v in res.items() if k != "segments"})
 
 

@@ -239,6 +239,8 @@ class ServeConfig(_Strict):
 
     rank_by: Literal["logprob", "value"] = "logprob"  # value: bid x HTE pCTR x HTE pCVR
     beam: int | None = Field(None, ge=1)  # per MTP head; None: train.beam
+    # rank_by logprob: score = log p(ad) + bid_weight * log(bid); 0 = the model's order as it is
+    bid_weight: float = Field(0.0, ge=0)
 
 
 class GprConfig(_Strict):
@@ -279,6 +281,22 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
         raise GprInputError(f"override '{item}' is not of the form section.field=value", field=item)
     key, raw = item.split("=", 1)
     return key.strip().split("."), yaml.safe_load(raw)
+
+
+def serve_config(run_config: dict[str, Any], overrides: list[str] | None = None) -> ServeConfig:
+    """A run's serve section with `serve.field=value` overrides (`gpr simulate --set`)."""
+    data = dict(run_config.get("serve", {}))
+    for item in overrides or []:
+        keys, value = _parse_override(item)
+        if len(keys) != 2 or keys[0] != "serve":
+            raise GprInputError("only serve.<field>=value can be set when serving", field=item)
+        data[keys[1]] = value
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(["serve", *(str(p) for p in err["loc"])])
+        raise GprInputError(f"{err['msg']} (got {err.get('input')!r})", field=loc) from None
 
 
 def load_config(

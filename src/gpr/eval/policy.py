@@ -194,7 +194,8 @@ class Oracle:
         return top_m(self.true_values(batch), batch.eligible, batch.ads, batch.m)
 
 
-PolicyFactory = Callable[[Path, Path], Policy]  # (run_dir, data_dir) -> Policy
+# (run_dir, data_dir, serve overrides `serve.field=value`) -> Policy
+PolicyFactory = Callable[[Path, Path, list[str]], Policy]
 _FACTORIES: dict[str, PolicyFactory] = {}
 
 
@@ -203,29 +204,38 @@ def register_policy(model: str, factory: PolicyFactory) -> None:
     _FACTORIES[model] = factory
 
 
-def _cascade(run_dir: Path, data_dir: Path) -> Policy:
+def _cascade(run_dir: Path, data_dir: Path, overrides: list[str]) -> Policy:
     from gpr.train.cascade.serve import CascadePolicy
 
+    if overrides:
+        raise GprInputError("serve overrides apply to generative runs only", field=overrides[0])
     return CascadePolicy(run_dir, data_dir)
 
 
 register_policy("cascade", _cascade)
 
 
-def _generative(run_dir: Path, data_dir: Path) -> Policy:
+def _generative(run_dir: Path, data_dir: Path, overrides: list[str]) -> Policy:
     from gpr.serve.policy import GenerativePolicy
 
-    return GenerativePolicy(run_dir, data_dir)
+    return GenerativePolicy(run_dir, data_dir, overrides=overrides)
 
 
 for _model in ("gpr", "hstu", "tiger", "sasrec"):
     register_policy(_model, _generative)
 
 
-def load_policy(spec: str | Path, data_dir: str | Path, seed: int = 0) -> Policy:
-    """A SPEC: 'random-eligible', 'logging', 'oracle', or a run directory holding run.json."""
+def load_policy(
+    spec: str | Path, data_dir: str | Path, seed: int = 0, overrides: list[str] | None = None
+) -> Policy:
+    """A SPEC: 'random-eligible', 'logging', 'oracle', or a run directory holding run.json.
+
+    `overrides` (`serve.field=value`) change how a generative run is served.
+    """
     data_dir = Path(data_dir)
     s = str(spec)
+    if overrides and s in BUILTINS:
+        raise GprInputError(f"serve overrides do not apply to '{s}'", field=overrides[0])
     if s == "random-eligible":
         return RandomEligible(seed)
     if s == "logging":
@@ -248,4 +258,4 @@ def load_policy(spec: str | Path, data_dir: str | Path, seed: int = 0) -> Policy
             file=run / "run.json",
             field="model",
         )
-    return _FACTORIES[str(model)](run, data_dir)
+    return _FACTORIES[str(model)](run, data_dir, list(overrides or []))

@@ -276,12 +276,13 @@ def simulate_spec(
     batch_size: int = 512,
     max_requests: int | None = None,
     seed: int = 0,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """`gpr simulate --policy SPEC --data DIR --split S --out sim.json`: load, replay, write."""
     from gpr.eval.policy import load_policy
 
     data = SimData.load(data_dir)
-    policy = load_policy(spec, data_dir, seed=seed)
+    policy = load_policy(spec, data_dir, seed=seed, overrides=overrides)
     res = simulate(policy, data, split, batch_size, max_requests)
     res["data"] = str(data_dir)
     res["spec"] = str(spec)

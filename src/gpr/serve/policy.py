@@ -3,7 +3,8 @@
 For each request the model reads the journey up to (and including) the request's E token, then
 decodes inside the trie of the ads eligible for that request; every generated ad exists and may be
 shown. The union of the MTP heads' beams is ranked by the run's `serve.rank_by`: `logprob` (the
-path log-probability) or `value` (bid x HTE pCTR x HTE pCVR, the model's own auction: spec §5).
+path log-probability, plus `serve.bid_weight` x log bid) or `value` (bid x HTE pCTR x HTE pCVR,
+the model's own auction: spec §5).
 """
 
 from __future__ import annotations
@@ -13,12 +14,29 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpr.config import ServeConfig
+from gpr.config import serve_config
 from gpr.errors import GprInputError
+from gpr.eval.eligibility import Ads
 from gpr.eval.policy import Ranked, RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch, E
 from gpr.train.mtp import load_run
+
+
+def ad_bids(items: torch.Tensor, ads: Ads) -> torch.Tensor:
+    """Bid of each ad item id (0 for -1 and unknown ids)."""
+    a = ads.index_of(items.numpy())
+    return torch.from_numpy(np.where(a >= 0, ads.bid[np.maximum(a, 0)], 0.0)).float()
+
+
+def bid_tilted(
+    items: torch.Tensor, logp: torch.Tensor, bid: torch.Tensor, weight: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-rank (B, N) candidates by log p + weight x log bid (p x bid^w: the imitation prior,
+    bid-aware); -1 items go last."""
+    score = torch.where(items >= 0, logp + weight * bid.clamp(min=1e-12).log(), -torch.inf)
+    order = score.argsort(dim=1, descending=True, stable=True)
+    return items.gather(1, order), score.gather(1, order)
 
 
 class GenerativePolicy:
@@ -28,18 +46,22 @@ class GenerativePolicy:
         data_dir: Path,
         beam: int | None = None,
         rank_by: str | None = None,
+        overrides: list[str] | None = None,
     ) -> None:
+        """`overrides`: `serve.field=value` items over the run's serve section."""
         self.model, self.prep, info = load_run(run_dir)
         self.model.eval()
-        serve = ServeConfig.model_validate(info["config"].get("serve", {}))
+        serve = serve_config(info["config"], overrides)
         self.rank_by = rank_by or serve.rank_by
         if self.rank_by not in ("logprob", "value"):
             raise GprInputError(f"unknown ranking '{self.rank_by}'", field="serve.rank_by")
+        self.bid_weight = serve.bid_weight if self.rank_by == "logprob" else 0.0
         if self.rank_by == "value" and not (
             isinstance(self.model, GPRModel) and self.model.hte is not None
         ):
             raise GprInputError("rank_by value needs a run with HTE", file=run_dir, field="hte")
-        suffix = "" if self.rank_by == "logprob" else "+value"
+        suffix = "+value" if self.rank_by == "value" else ""
+        suffix += f"+bid{self.bid_weight:g}" if self.bid_weight else ""
         self.name = f"{info['model']}:{Path(run_dir).name}{suffix}"
         self.beam = beam or serve.beam or int(info["config"]["train"]["beam"])
         j = self.prep.journeys
@@ -64,10 +86,17 @@ class GenerativePolicy:
         items, scores = self.model.generate(b, prep.trie, self.beam, torch.from_numpy(elig))
         if self.rank_by == "value":
             items, scores = self._by_value(b, items, batch)
+        elif self.bid_weight:
+            items, scores = self._bid_tilted(items, scores, batch)
         m = min(batch.m, items.shape[1])
         ads = items[:, :m].numpy()
         values = np.where(ads >= 0, scores[:, :m].numpy(), np.nan)
         return Ranked(ads, values)
+
+    def _bid_tilted(
+        self, items: torch.Tensor, logp: torch.Tensor, batch: RequestBatch
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return bid_tilted(items, logp, ad_bids(items, batch.ads), self.bid_weight)
 
     def _by_value(
         self, b: Batch, items: torch.Tensor, batch: RequestBatch
@@ -76,8 +105,7 @@ class GenerativePolicy:
         assert isinstance(self.model, GPRModel)
         codes = torch.from_numpy(self.prep.sids.codes[items.clamp(min=0).numpy()])
         ctr, cvr = self.model.hte_probs(b, codes)
-        a = batch.ads.index_of(items.numpy())
-        bid = torch.from_numpy(np.where(a >= 0, batch.ads.bid[np.maximum(a, 0)], 0.0)).float()
+        bid = ad_bids(items, batch.ads)
         value = torch.where(items >= 0, bid * ctr * cvr, -torch.inf)
         order = value.argsort(dim=1, descending=True)
         return items.gather(1, order), value.gather(1, order)
