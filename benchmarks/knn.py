@@ -29,9 +29,10 @@ from gpr.tokenizer.collab import item_sequences, with_collab
 from gpr.tokenizer.embed import embed_items
 
 
-def query_target(data: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(previous item, target item) for every user's `split` O/I event."""
-    user, item, sp = item_sequences(data)
+def query_target(
+    user: np.ndarray, item: np.ndarray, sp: np.ndarray, split: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(previous item, target item) for every user's `split` O/I event (item_sequences order)."""
     idx = np.nonzero((sp == split) & np.r_[False, user[1:] == user[:-1]])[0]
     return item[idx - 1], item[idx]
 
@@ -61,7 +62,8 @@ def main() -> None:
     ids, x = np.asarray(emb.item_ids), emb.matrix
     row = np.full(ids.max() + 1, -1)
     row[ids] = np.arange(len(ids))
-    prev, tgt = query_target(args.data, args.split)
+    user, item, sp = item_sequences(args.data)
+    prev, tgt = query_target(user, item, sp, args.split)
     q, t = row[prev], row[tgt]
     full = with_collab(args.data, ids, x, args.collab_dim, 1.0, args.window, args.seed)
     spaces = {"content": x, "collab": full[:, x.shape[1] :], "content+collab": full}
@@ -75,7 +77,6 @@ def main() -> None:
             f"{name}: R@5 {m['recall@5']:.4f} N@5 {m['ndcg@5']:.4f} "
             f"R@10 {m['recall@10']:.4f} N@10 {m['ndcg@10']:.4f}"
         )
-    user, item, sp = item_sequences(args.data)
     count = np.bincount(row[item[sp == "train"]], minlength=len(ids))
     popular = np.argsort(-count, kind="stable")[:100]
     res["train popularity"] = retrieval_metrics(

@@ -50,9 +50,9 @@ def main() -> None:
     count = np.bincount(j.item[train_i], minlength=len(prep.sids.codes)).astype(np.float64)
     valid_items = prep.trie.items.numpy()
     res: dict[str, dict[str, dict[str, float]]] = {}
+    dev = torch.device("cpu")
     for split in ("valid", "test"):
         pos = eval_positions(prep, split, args.limit, cfg.seed)
-        dev = torch.device("cpu")
         items, logp, target, _ = generate_ranked(
             model, prep, pos, cfg.train.beam, cfg.train.batch_size, dev
         )

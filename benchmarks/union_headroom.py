@@ -40,9 +40,10 @@ UNION_M = 1000  # more than any union of beams: keep every candidate
 
 
 def value_of(tv: np.ndarray, batch: RequestBatch, ads: np.ndarray) -> np.ndarray:
-    """True value (B,) of each row's ad item id in `ads` (B,) under tv (B, A); 0 for -1."""
+    """True values (B,) or (B, K) of each row's ad item ids `ads` under tv (B, A); 0 for -1."""
     a = batch.ads.index_of(ads)
-    return np.where(a >= 0, tv[np.arange(len(ads)), np.maximum(a, 0)], 0.0)
+    rows = np.arange(len(ads)).reshape(-1, *([1] * (ads.ndim - 1)))
+    return np.where(a >= 0, tv[rows, np.maximum(a, 0)], 0.0)
 
 
 def seed_rows(args: argparse.Namespace, seed: int) -> dict[str, float]:
@@ -77,8 +78,7 @@ def seed_rows(args: argparse.Namespace, seed: int) -> dict[str, float]:
             r = pol.rank(batch)
             items = torch.from_numpy(r.ads)
             logp = torch.from_numpy(np.nan_to_num(r.values, nan=-np.inf)).float()
-            union = np.stack([value_of(tv, batch, r.ads[:, k]) for k in range(r.ads.shape[1])], 1)
-            add(f"{st}: best in union", union.max(axis=1))
+            add(f"{st}: best in union", value_of(tv, batch, r.ads).max(axis=1))
             add(f"{st}: union size", (r.ads >= 0).sum(axis=1))
             for w in args.grid:
                 top, _ = bid_tilted(items, logp, ad_bids(items, ads), w)

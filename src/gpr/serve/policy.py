@@ -87,16 +87,11 @@ class GenerativePolicy:
         if self.rank_by == "value":
             items, scores = self._by_value(b, items, batch)
         elif self.bid_weight:
-            items, scores = self._bid_tilted(items, scores, batch)
+            items, scores = bid_tilted(items, scores, ad_bids(items, batch.ads), self.bid_weight)
         m = min(batch.m, items.shape[1])
         ads = items[:, :m].numpy()
         values = np.where(ads >= 0, scores[:, :m].numpy(), np.nan)
         return Ranked(ads, values)
-
-    def _bid_tilted(
-        self, items: torch.Tensor, logp: torch.Tensor, batch: RequestBatch
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        return bid_tilted(items, logp, ad_bids(items, batch.ads), self.bid_weight)
 
     def _by_value(
         self, b: Batch, items: torch.Tensor, batch: RequestBatch
