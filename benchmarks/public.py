@@ -167,6 +167,9 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="JSON of every finished run")
     ap.add_argument("--md", type=Path, default=None, help="markdown table of every finished run")
     ap.add_argument("--report-only", action="store_true", help="train nothing, only report")
+    ap.add_argument(
+        "--prepare-only", action="store_true", help="import, embed and tokenize; train nothing"
+    )
     args = ap.parse_args()
     args.overrides = [f"model.max_len={HISTORY_MAX}", *args.overrides]  # TIGER protocol
     commit = subprocess.run(
@@ -178,7 +181,7 @@ def main() -> None:
         data, tok = prepare_dataset(
             name, args.shared, args.work, {"preset": args.preset, "overrides": args.overrides}
         )
-        for model in args.models:
+        for model in args.models if not args.prepare_only else []:
             for seed in args.seeds:
                 cfg = load_config(args.preset, overrides=args.overrides, seed=seed)
                 run = args.work / name / f"run_{model}{tag}_s{seed}"

@@ -151,3 +151,28 @@ def test_train_one_epoch_and_reload(
     res = evaluate_run(out, "test", limit=16, device="cpu")
     assert res["model"] == name and res["invalid_rate"] == 0.0 and res["n_predictions"] > 0
     assert 0.0 <= res["recall@10"] <= 1.0
+
+
+def test_time_budget_stops_after_one_epoch_with_a_checkpoint(
+    tiny_world: Path, tiny_sids: Path, tmp_path: Path
+) -> None:
+    # eval_every=5 would not validate epoch 0: the budget forces it, so a checkpoint exists
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "train.epochs=5",
+            "train.eval_every=5",
+            "train.max_seconds=0.001",
+            "train.device=cpu",
+            "train.threads=1",
+        ],
+    )
+    summary = train(
+        tiny_world, tiny_sids, cfg, tmp_path / "run", model_name="sasrec", progress=False
+    )
+    assert summary["epochs_run"] == 1 and summary["stopped_by"] == "max_seconds"
+    assert summary["best"]["epoch"] == 0 and (tmp_path / "run" / "model.safetensors").exists()
+    full = load_config("tiny", overrides=["train.epochs=1", "train.device=cpu"])
+    assert train(tiny_world, tiny_sids, full, tmp_path / "r1", "sasrec", False)["stopped_by"] == (
+        "epochs"
+    )

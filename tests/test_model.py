@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from gpr.config import ModelConfig, load_config
 from gpr.model.gpr import GPRModel, merge_ranked
 from gpr.model.journey import E, I, O, U, collate, make_windows, positions_for_split
 from gpr.model.masks import hybrid_mask
+from gpr.model.thoughts import cached_topic_table, default_template
 from gpr.model.trie import Trie
 from gpr.train.mtp import Prepared, build_model, model_config_for, prepare
 from tests.conftest import overfit
@@ -255,3 +257,20 @@ def test_thought_tokens_train_and_never_see_the_future(tiny_world: Path, tiny_si
     pert = type(b)(**{**b.__dict__, "codes": codes})
     early = b.pred_t < b.ttype.shape[1] - 5
     torch.testing.assert_close(_first_level_logits(model, pert)[early], base[early])
+
+
+def test_thought_table_cache_skips_the_encoder(tmp_path: Path) -> None:
+    calls: list[int] = []
+
+    def factory() -> Callable[[list[str]], np.ndarray]:
+        calls.append(1)
+        return _fake_encoder
+
+    first = cached_topic_table(tmp_path, ["skincare", "hair"], factory, "fake")
+    again = cached_topic_table(tmp_path, ["skincare", "hair"], factory, "fake")
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(first, _fake_encoder(default_template(["skincare", "hair"])), 1e-6)
+    assert len(calls) == 1 and len(list(tmp_path.glob("thoughts_*.npy"))) == 1
+    cached_topic_table(tmp_path, ["skincare"], factory, "fake")  # other texts: a new entry
+    cached_topic_table(tmp_path, ["skincare", "hair"], factory, "other")  # other encoder too
+    assert len(calls) == 3 and len(list(tmp_path.glob("thoughts_*.npy"))) == 3

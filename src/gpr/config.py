@@ -148,6 +148,8 @@ class TrainConfig(_Strict):
     eval_every: int = Field(1, ge=1)
     beam: int = Field(100, ge=1)
     max_eval_requests: int | None = None
+    # wall-clock budget: stop after the epoch that crosses it (the LR schedule still spans `epochs`)
+    max_seconds: float | None = Field(None, gt=0)
     device: str = "auto"
     threads: int | None = None
 

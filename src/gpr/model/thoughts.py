@@ -9,7 +9,11 @@ generator (an LLM behind an HTTP endpoint, say) only has to map topic phrases to
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -41,6 +45,34 @@ def topic_table(
 ) -> np.ndarray:
     """(n_topics, dim) float32 embeddings of the template texts."""
     return np.asarray(encoder(template(phrases)), dtype=np.float32)
+
+
+def cached_topic_table(
+    cache_dir: Path,
+    phrases: list[str],
+    encoder: Callable[[], Callable[[list[str]], np.ndarray]],
+    name: str,
+    template: Template = default_template,
+) -> np.ndarray:
+    """topic_table, read from cache_dir when the same encoder `name` embedded the same texts.
+
+    `encoder` builds the encoder only on a cache miss, so a machine without MiniLM can train from a
+    dataset embedded elsewhere. The file is `thoughts_<sha256 of name and texts>.npy`.
+    """
+    texts = template(phrases)
+    key = hashlib.sha256("\n".join([name, *texts]).encode()).hexdigest()[:16]
+    path = cache_dir / f"thoughts_{key}.npy"
+    if path.exists():
+        table = np.load(path, allow_pickle=False)
+        if table.ndim == 2 and table.shape[0] == len(texts):
+            return table.astype(np.float32, copy=False)
+    table = np.asarray(encoder()(texts), dtype=np.float32)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".npy", dir=cache_dir)
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, table, allow_pickle=False)
+    os.replace(tmp, path)
+    return table
 
 
 def window_thoughts(

@@ -6,7 +6,6 @@ RQ-Kmeans encoding, the torch residual quantizer), so the same inputs give bit-i
 
 from __future__ import annotations
 
-import faiss
 import numpy as np
 import torch
 
@@ -90,6 +89,8 @@ def kmeans(
     n, d = x.shape
     if n < k:
         raise ValueError(f"k-means needs at least k={k} rows, got {n}")
+    import faiss  # here, not at import: training and serving read SIDs and never need faiss
+
     km = faiss.Kmeans(
         d,
         k,

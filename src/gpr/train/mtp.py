@@ -43,9 +43,9 @@ from gpr.model.journey import (
     tail_windows,
     target_rows,
 )
-from gpr.model.thoughts import item_topics, topic_table, window_thoughts
+from gpr.model.thoughts import cached_topic_table, item_topics, topic_table, window_thoughts
 from gpr.model.trie import Trie
-from gpr.tokenizer.embed import embed_items, minilm_encoder
+from gpr.tokenizer.embed import CACHE_DIR, MINILM_MODEL, embed_items, minilm_encoder
 
 MODELS = ("gpr", "hstu", "tiger", "sasrec")
 Recommender = GPRModel | TIGER | SASRec
@@ -148,8 +148,13 @@ def prepare(
     prep = Prepared(j, sids, trie, targets, pm, engaged_only=bool((j.ttype == 2).any()))
     if mcfg.thought_tokens > 0:
         prep.item_topic, phrases = item_topics(ds)
-        encoder = thought_encoder or minilm_encoder()
-        prep.thought_table = torch.from_numpy(topic_table(phrases, encoder))
+        if thought_encoder is not None:
+            table = topic_table(phrases, thought_encoder)
+        else:
+            table = cached_topic_table(
+                Path(data_dir) / CACHE_DIR, phrases, minilm_encoder, MINILM_MODEL
+            )
+        prep.thought_table = torch.from_numpy(table)
     if mcfg.content_input:
         emb = embed_items(data_dir)
         table = np.zeros((len(sids.codes), emb.matrix.shape[1]), dtype=np.float32)
@@ -294,7 +299,7 @@ def train(
     )
     monitor = "hitrate@100" if prep.engaged_only else "ndcg@10"
     best: dict[str, Any] = {monitor: -1.0}
-    bad_epochs, log = 0, []
+    bad_epochs, log, stopped_by = 0, [], "epochs"
     with atomic_dir(out) as tmp:
         for epoch in range(tc.epochs):
             model.train()
@@ -321,7 +326,8 @@ def train(
                 "epoch": epoch,
                 **{k: float(np.mean([x[k] for x in losses if k in x])) for k in losses[0]},
             }
-            if (epoch + 1) % tc.eval_every == 0 or epoch == tc.epochs - 1:
+            out_of_time = tc.max_seconds is not None and time.perf_counter() - t0 > tc.max_seconds
+            if (epoch + 1) % tc.eval_every == 0 or epoch == tc.epochs - 1 or out_of_time:
                 row["valid"] = evaluate(model, prep, valid_pos, tc.beam, tc.batch_size, dev)
                 if row["valid"][monitor] > best[monitor]:
                     best = {**row["valid"], "epoch": epoch}
@@ -343,6 +349,10 @@ def train(
                     flush=True,
                 )
             if bad_epochs >= tc.patience:
+                stopped_by = "patience"
+                break
+            if out_of_time:
+                stopped_by = "max_seconds"
                 break
         summary = {
             "model": model_name,
@@ -354,6 +364,7 @@ def train(
             "monitor": monitor,
             "best": best,
             "epochs_run": len(log),
+            "stopped_by": stopped_by,
             "train_windows": len(windows),
             "parameters": sum(p.numel() for p in model.parameters()),
             "seconds": round(time.perf_counter() - t0, 1),
