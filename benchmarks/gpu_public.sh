@@ -37,16 +37,18 @@ PATTERN=${PATTERN:-run_*gpu*}
     launch "beauty_gpr_s$s" --datasets beauty --models gpr --tag gpu --seeds "$s"
     launch "beauty_tiger_s$s" --datasets beauty --models tiger --tag gpu --seeds "$s"
   done
-launch beauty_hstu_s7 --datasets beauty --models hstu --tag gpu --seeds 7
-launch beauty_sasrec_s7 --datasets beauty --models sasrec --tag gpu --seeds 7
-launch beauty_gpr_d128_s7 --datasets beauty --models gpr --tag gpud128 --seeds 7 \
-  --set model.d_model=128 --set model.layers=4 --set model.heads=4
-launch beauty_gpr_mtp4_s7 --datasets beauty --models gpr --tag gpumtp4 --seeds 7 \
-  --set model.mtp_heads=4
-for m in gpr tiger sasrec; do
-  launch "sports_${m}_s7" --datasets sports --models "$m" --tag gpu --seeds 7
-done
-wait
+  launch beauty_hstu_s7 --datasets beauty --models hstu --tag gpu --seeds 7
+  launch beauty_sasrec_s7 --datasets beauty --models sasrec --tag gpu --seeds 7
+  launch beauty_gpr_d128_s7 --datasets beauty --models gpr --tag gpud128 --seeds 7 \
+    --set model.d_model=128 --set model.layers=4 --set model.heads=4
+  launch beauty_gpr_d256_s7 --datasets beauty --models gpr --tag gpud256 --seeds 7 \
+    --set model.d_model=256 --set model.layers=4 --set model.heads=4 --set train.lr=1e-3
+  launch beauty_gpr_mtp4_s7 --datasets beauty --models gpr --tag gpumtp4 --seeds 7 \
+    --set model.mtp_heads=4
+  for m in gpr tiger sasrec; do
+    launch "sports_${m}_s7" --datasets sports --models "$m" --tag gpu --seeds 7
+  done
+  wait
 }
 
 {
