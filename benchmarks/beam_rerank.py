@@ -15,6 +15,10 @@ popular in the train split than the valid one; benchmarks/knn.py prints the drif
 last-item neighbour signal that the training-free kNN row exploits. (β, α) is chosen on the
 valid split (best N@10) and the test split is reported for every pair. No retraining; `--limit`
 samples users as validation does.
+
+`--knn K` (needs α > 0 to matter) first widens each beam with the user's K nearest catalogue items
+by that cosine that the beam lacks (the last item itself excluded), each given the beam's lowest
+log p: a model-agnostic fusion of generation with the training-free kNN of benchmarks/knn.py.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -32,6 +38,9 @@ from gpr.model.journey import SPLIT_CODE, I
 from gpr.tokenizer.collab import with_collab
 from gpr.tokenizer.embed import embed_items
 from gpr.train.mtp import eval_positions, generate_ranked, load_run
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from knn import rank as knn_rank  # noqa: E402
 
 KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 
@@ -53,12 +62,21 @@ def item_vectors(data: str, n_items: int, collab_dim: int, seed: int) -> np.ndar
     return out
 
 
+def widen(items: np.ndarray, logp: np.ndarray, extra: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Append each row's `extra` items that the row lacks, at the row's lowest log p."""
+    dup = (extra[:, :, None] == items[:, None, :]).any(axis=2)
+    floor = np.where(items >= 0, logp, np.inf).min(axis=1, keepdims=True)
+    add = np.where(dup, -1, extra)
+    return np.c_[items, add], np.c_[logp, np.where(add >= 0, floor, -np.inf)]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--run", required=True)
     ap.add_argument("--betas", type=float, nargs="+", default=[0.0, 0.1, 0.2, 0.3, 0.5])
     ap.add_argument("--alphas", type=float, nargs="+", default=[0.0])
     ap.add_argument("--collab-dim", type=int, default=64)
+    ap.add_argument("--knn", type=int, default=0, help="widen the beam with K nearest items")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
@@ -82,10 +100,17 @@ def main() -> None:
         items, logp, target, _ = generate_ranked(
             model, prep, pos, cfg.train.beam, cfg.train.batch_size, dev
         )
+        last = j.item[pos]  # the prediction position holds the user's last item
+        if vec is not None and args.knn:
+            q = np.searchsorted(valid_items, last)
+            if (valid_items[np.minimum(q, len(valid_items) - 1)] != last).any():
+                raise SystemExit("--knn needs every last item in the catalogue (public data)")
+            near = valid_items[knn_rank(vec[valid_items], q, k=args.knn)]
+            items, logp = widen(items, logp, near)
         safe = np.maximum(items, 0)
         sim = np.zeros_like(logp)
-        if vec is not None:  # the prediction position holds the user's last item
-            sim = np.einsum("nd,nbd->nb", vec[j.item[pos]], vec[safe])
+        if vec is not None:
+            sim = np.einsum("nd,nbd->nb", vec[last], vec[safe])
         res[split] = {
             f"{b:g},{a:g}": retrieval_metrics(
                 rerank(items, logp - b * log_count[safe] + a * sim), target, valid_items
