@@ -135,7 +135,11 @@ def report(args: argparse.Namespace, best: float) -> str:
         name = CASCADE if st == CASCADE else f"{st}, w = {w:g}"
         lines += [f"| {name} | " + " | ".join(cells) + " |"]
     secs = [r["wall_seconds"] for s in args.seeds for k, r in res[s].items() if k[0] != "c"]
-    lines += ["", f"Wall time per generative replay: {ms(secs, '{:.0f}')} s ({args.jobs} at once)."]
+    lines += [
+        "",
+        f"Wall time per generative replay: {ms(secs, '{:.0f}')} s (as cached: each replay ran "
+        "with the --jobs and machine load of the run that made it).",
+    ]
     return "\n".join(lines)
 
 
