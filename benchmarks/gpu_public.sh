@@ -78,8 +78,9 @@ EOF
   done
 } >"$OUT/summary.tsv"
 tar czf "$OUT/runs.tar.gz" --exclude='*.safetensors' "$WORK"/*/$PATTERN "$LOGS" 2>/dev/null
-for d in beauty sports; do  # seed-7 checkpoints, in parts under the 16 MiB a returned file may have
-  ls "$WORK/$d"/$PATTERN/model.safetensors 2>/dev/null | grep -v '_s[89]/' |
+for d in beauty sports; do  # checkpoints, in parts under the 16 MiB a returned file may have
+  # seed 7 only, and none over 15 MB (a base-size model would take more files than come back)
+  find "$WORK/$d" -path "*/$PATTERN/model.safetensors" -size -15M 2>/dev/null | grep -v '_s[89]/' |
     tar cf - -T - | split -b 15M - "$OUT/ckpt_$d.tar.part"
 done
 nvidia-smi --query-gpu=name,memory.used,utilization.gpu --format=csv >"$OUT/gpu.txt" 2>&1

@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from gpr.config import load_config
-from gpr.model.journey import make_windows, positions_for_split
+from gpr.model.journey import Batch, make_windows, positions_for_split
 from gpr.train.mtp import (
     SPLIT_CODE,
     build_model,
@@ -68,8 +68,8 @@ def measure(
     trie = prep.trie.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
 
-    def step(b: object) -> None:
-        loss = model.loss(b.to(dev), trie, None)["loss"]  # type: ignore[attr-defined]
+    def step(b: Batch) -> None:
+        loss = model.loss(b.to(dev), trie, None)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
