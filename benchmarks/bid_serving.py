@@ -44,18 +44,22 @@ def key(stage: str, split: str, w: float) -> str:
     return f"{stage}|{split}|{w:g}"
 
 
+def load_policy(work: str, cache: str, seed: int, stage: str, w: float, data: SimData) -> Any:
+    """The seed's cascade, or its `stage` run served with bid weight w (beam 20 per head)."""
+    wdir = Path(cache) / f"world_s{seed}"
+    if stage == CASCADE:
+        return CascadePolicy(Path(cache) / f"cascade_s{seed}", wdir, logs=data.logs)
+    run = Path(work) / f"s{seed}" / stage
+    return GenerativePolicy(run, wdir, beam=20, overrides=[f"serve.bid_weight={w}"])
+
+
 def replay(job: tuple[str, str, str, float, int, str]) -> tuple[str, dict[str, Any]]:
     """One replay in a worker process: (work, cache, stage, w, seed, split) -> (key, metrics)."""
     work, cache, stage, w, seed, split = job
     torch.set_num_threads(1)
-    wdir = Path(cache) / f"world_s{seed}"
-    data = SimData.load(wdir)
+    data = SimData.load(Path(cache) / f"world_s{seed}")
     t0 = time.perf_counter()
-    if stage == CASCADE:
-        pol: Any = CascadePolicy(Path(cache) / f"cascade_s{seed}", wdir, logs=data.logs)
-    else:
-        run = Path(work) / f"s{seed}" / stage
-        pol = GenerativePolicy(run, wdir, beam=20, overrides=[f"serve.bid_weight={w}"])
+    pol = load_policy(work, cache, seed, stage, w, data)
     res = simulate(pol, data, split)
     res["wall_seconds"] = time.perf_counter() - t0
     return key(stage, split, w), res

@@ -2,18 +2,19 @@
 
     python benchmarks/budget_diagnosis.py --seed 7 --stage vaft --weights 0 0.5 --split test
 
-Reads the runs of benchmarks/bid_serving.py (--work/s{seed}/{stage}, --cache/cascade_s{seed},
---cache/world_s{seed}). Each policy (the cascade; the stage served with each bid weight w) replays
-the split twice: with the world's daily budgets, and with every budget infinite (each request then
-gets its first-ranked eligible ad). Per replay: RPM, fill (share of requests shown an ad), distinct
-ads shown, the share of impressions on the 50 most shown ads, the (day, ad) pairs that exhausted
-their budget, and the share of revenue those pairs took. Prints one markdown table; --jobs replays
-run at once (one thread each).
+Reads (and loads, as it does) the runs of benchmarks/bid_serving.py: --work/s{seed}/{stage},
+--cache/cascade_s{seed}, --cache/world_s{seed}. Each policy (the cascade; the stage served with
+each bid weight w) replays the split twice: with the world's daily budgets, and with every budget
+infinite (each request then gets its first-ranked eligible ad). Per replay: RPM, fill (share of
+requests shown an ad), distinct ads shown, the share of impressions on the 50 most shown ads, the
+(day, ad) pairs that exhausted their budget, and the share of revenue those pairs took. Prints
+one markdown table; --jobs replays run at once (one thread each).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -22,28 +23,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpr.eval.simulate import SimData, business_metrics, replay
-from gpr.serve.policy import GenerativePolicy
-from gpr.train.cascade.serve import CascadePolicy
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bid_serving import CASCADE, load_policy  # noqa: E402
 
-CASCADE = "cascade"
+from gpr.eval.simulate import SimData, business_metrics, replay  # noqa: E402
 
 
 def one(job: tuple[str, str, int, str, float, str, bool]) -> dict[str, Any]:
     work, cache, seed, stage, w, split, budgets = job
     torch.set_num_threads(1)
-    wdir = Path(cache) / f"world_s{seed}"
-    data = SimData.load(wdir)
+    data = SimData.load(Path(cache) / f"world_s{seed}")
     ads = data.ads
     if not budgets:  # in place: the replay and the eligibility mask read this array
         ads.budget[:] = np.inf
     t0 = time.perf_counter()
-    if stage == CASCADE:
-        pol: Any = CascadePolicy(Path(cache) / f"cascade_s{seed}", wdir, logs=data.logs)
-    else:
-        run = Path(work) / f"s{seed}" / stage
-        pol = GenerativePolicy(run, wdir, beam=20, overrides=[f"serve.bid_weight={w}"])
-    rep = replay(pol, data, split)
+    rep = replay(load_policy(work, cache, seed, stage, w, data), data, split)
     shown = rep.ad >= 0
     a = ads.index_of(rep.ad[shown])
     n_imp = np.bincount(a, minlength=ads.n)
