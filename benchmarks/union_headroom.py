@@ -10,7 +10,9 @@ each rule puts first, averaged over the requests —
 - `best in union`: the best ad among the union of the MTP heads' beams (`--beam` per head) —
   what a perfect ranker of GPR's own candidates would reach;
 - `logp + w·log bid`: the union ranked by path log-probability tilted by the bid
-  (`serve.bid_weight`, benchmarks/bid_serving.py), for each w of `--grid`.
+  (`serve.bid_weight`, benchmarks/bid_serving.py), for each w of `--grid`;
+- `logp + g·log sim`: tilted by the simulator's final_value (the cascade's ranking model), for
+  each g of `--sim-grid` (`bid_serving.py --judge simulator`); `sim alone` ranks by it only.
 Reads the runs of benchmarks/stages.py (--work/s{seed}/{stage}) and --cache/{world,cascade}_s{seed}.
 """
 
@@ -35,6 +37,7 @@ from gpr.eval.policy import Oracle, RequestBatch  # noqa: E402
 from gpr.eval.simulate import SimData  # noqa: E402
 from gpr.serve.policy import GenerativePolicy, ad_bids, bid_tilted  # noqa: E402
 from gpr.train.cascade.serve import CascadePolicy  # noqa: E402
+from gpr.train.simulator import Simulator  # noqa: E402
 
 UNION_M = 1000  # more than any union of beams: keep every candidate
 
@@ -59,6 +62,7 @@ def seed_rows(args: argparse.Namespace, seed: int) -> dict[str, float]:
         st: GenerativePolicy(args.work / f"s{seed}" / st, wdir, beam=args.beam)
         for st in args.stages
     }
+    sim = Simulator(args.cache / f"cascade_s{seed}", wdir, logs=data.logs)
     oracle = Oracle(data.truth)
     sums: dict[str, float] = {}
 
@@ -83,6 +87,12 @@ def seed_rows(args: argparse.Namespace, seed: int) -> dict[str, float]:
             for w in args.grid:
                 top, _ = bid_tilted(items, logp, ad_bids(items, ads), w)
                 add(f"{st}: logp + {w:g}·log bid", value_of(tv, batch, top[:, 0].numpy()))
+            sv = torch.from_numpy(sim.score(batch.request_ids, np.maximum(r.ads, 0)).value)
+            for g in args.sim_grid:
+                top, _ = bid_tilted(items, logp, sv.float(), g)
+                add(f"{st}: logp + {g:g}·log sim", value_of(tv, batch, top[:, 0].numpy()))
+            top, _ = bid_tilted(items, torch.where(items >= 0, 0.0, -torch.inf), sv.float(), 1.0)
+            add(f"{st}: sim alone", value_of(tv, batch, top[:, 0].numpy()))
     n = len(pos)
     out = {k: (v / n if "size" in k else 1000 * v / n) for k, v in sums.items()}
     print(f"seed {seed}: " + ", ".join(f"{k} {v:.2f}" for k, v in out.items()), flush=True)
@@ -97,6 +107,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=2000)
     ap.add_argument("--beam", type=int, default=20)
     ap.add_argument("--grid", type=float, nargs="+", default=[0.0, 0.25, 0.5, 1.0, 2.0])
+    ap.add_argument("--sim-grid", type=float, nargs="*", default=[1.0, 2.0, 4.0, 8.0])
     ap.add_argument("--work", type=Path, default=Path("out/bench/stages"))
     ap.add_argument("--cache", type=Path, default=Path("out/bench"))
     ap.add_argument("--json", type=Path, default=None)
@@ -110,7 +121,8 @@ def main() -> None:
     seeds = " ".join(map(str, args.seeds))
     print(
         f"\n`python benchmarks/union_headroom.py --seeds {seeds} --stages {' '.join(args.stages)} "
-        f"--split {args.split} --limit {args.limit} --beam {args.beam}` — {platform.machine()}; "
+        f"--split {args.split} --limit {args.limit} --beam {args.beam} "
+        f"--sim-grid {' '.join(f'{g:g}' for g in args.sim_grid)}` — {platform.machine()}; "
         f"commit {commit}; {datetime.date.today()}. True revenue per 1000 requests of the "
         "first-ranked ad, no budgets; mean ± std over seeds.\n"
     )

@@ -25,7 +25,7 @@ from gpr.train import mtp
 from gpr.train.align import Aligner
 from gpr.train.arr import synthetic_requests
 from gpr.train.cascade.train import train_cascade
-from gpr.train.dpo import dpo_loss, preference_pairs
+from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
 from gpr.train.hepo import (
     gae,
     leaf_zscore,
@@ -294,6 +294,71 @@ def test_dpo_loss_exact() -> None:
     expected = (math.log1p(math.exp(-1.0)) + math.log1p(math.exp(0.5)) + math.log(2.0)) / 3
     assert loss.item() == pytest.approx(expected, rel=1e-12)
     assert acc.item() == pytest.approx(1 / 3)  # a zero margin is not a correct preference
+
+
+def test_dpo_soft_labels_exact() -> None:
+    p = soft_labels(np.array([3.0, 1.0, 0.0]), np.array([1.0, 1.0, 2.0]))
+    # v_w / (v_w + v_l); a value of 0 sits at the log floor 1e-9
+    np.testing.assert_allclose(p, [0.75, 0.5, 1e-9 / (1e-9 + 2.0)], rtol=1e-9)
+    assert log_value(np.array([0.0]))[0] == pytest.approx(math.log(1e-9))
+    m = torch.tensor([1.0, -2.0], dtype=F64)  # margins with beta = 1
+    t = torch.tensor([0.75, 0.5], dtype=F64)
+    loss, _ = dpo_loss(
+        m,
+        torch.zeros(2, dtype=F64),
+        torch.zeros(2, dtype=F64),
+        torch.zeros(2, dtype=F64),
+        beta=1.0,
+        target=t,
+    )
+    sig = lambda x: 1 / (1 + math.exp(-x))  # noqa: E731
+    expected = (
+        -(
+            0.75 * math.log(sig(1.0))
+            + 0.25 * math.log(sig(-1.0))
+            + 0.5 * math.log(sig(-2.0))
+            + 0.5 * math.log(sig(2.0))
+        )
+        / 2
+    )
+    assert loss.item() == pytest.approx(expected, rel=1e-12)
+
+
+def test_soft_dpo_optimum_is_the_reference_tilted_by_value() -> None:
+    """Minimising soft DPO over every pair of a 4-ad categorical policy lands on
+    log π - log π_ref = log v / β + c (the product of experts the docs promise)."""
+    v = torch.tensor([0.01, 0.02, 0.04, 0.005], dtype=F64)
+    ref = torch.log_softmax(torch.tensor([0.5, -1.0, 0.0, 1.0], dtype=F64), 0)
+    beta = 0.5
+    logits = ref.clone().requires_grad_(True)
+    i, j = torch.triu_indices(4, 4, 1)
+    t = torch.from_numpy(soft_labels(v[i].numpy(), v[j].numpy()))
+    opt = torch.optim.LBFGS([logits], max_iter=200, tolerance_grad=1e-12)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        lp = torch.log_softmax(logits, 0)
+        loss, _ = dpo_loss(lp[i], lp[j], ref[i], ref[j], beta, t)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    tilt = torch.log_softmax(logits, 0).detach() - ref
+    want = v.log() / beta
+    torch.testing.assert_close(tilt - tilt.mean(), want - want.mean(), atol=1e-5, rtol=0)
+
+
+def test_terminal_reward_value_and_log_value() -> None:
+    cfg = load_config("tiny")
+    stub = type("S", (), {})()
+    stub.ac, stub.reward_scale = cfg.align, None
+    r = Aligner.terminal_reward(stub, np.array([1.0, 3.0]))  # mean 2 -> R / 2
+    torch.testing.assert_close(r, torch.tensor([0.5, 1.5]))
+    Aligner.terminal_reward(stub, np.array([4.0, 4.0]))  # EMA 0.9 * 2 + 0.1 * 4 = 2.2
+    assert stub.reward_scale == pytest.approx(2.2)
+    stub.ac, stub.reward_scale = cfg.align.model_copy(update={"reward": "log_value"}), None
+    r = Aligner.terminal_reward(stub, np.array([math.e, math.e**3]))  # log: 1, 3; mean 2
+    torch.testing.assert_close(r, torch.tensor([-1.0, 1.0]))
 
 
 # --- ARR ---------------------------------------------------------------------------------------

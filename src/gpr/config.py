@@ -219,8 +219,14 @@ class AlignConfig(_Strict):
     # calibrated: docs/alignment.md); None = every eligible ad
     candidate_pool: int | None = Field(None, ge=1)
     support: bool = False  # rewards only inside the cascade retrieval's top-k (simulator.py)
+    # the terminal reward: final_value (Eq. 5) or its log. With the log and a KL weight β to the
+    # reference, the optimum of E[R] - β KL is π ∝ π_ref · final_value^(1/β) (docs/alignment.md)
+    reward: Literal["value", "log_value"] = "value"
     # DPO
     dpo_beta: float = Field(0.1, gt=0)
+    # hard: the higher-valued candidate is always preferred; soft: P(w ≻ l) = σ(log v_w - log v_l),
+    # whose optimum is β log(π / π_ref) = log v + c, i.e. π ∝ π_ref · v^(1/β)
+    dpo_labels: Literal["hard", "soft"] = "hard"
     # HEPO
     ppo_epochs: int = Field(2, ge=1)
     clip: float = Field(0.2, gt=0)

@@ -32,7 +32,7 @@ from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch, positions_for_split
 from gpr.model.trie import Trie
 from gpr.train.arr import synthetic_requests
-from gpr.train.dpo import dpo_loss, preference_pairs
+from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
 from gpr.train.hepo import (
     gae,
     leaf_zscore,
@@ -176,7 +176,10 @@ class Aligner:
             ref = taken(level_dists(self.ref, b, self.trie, counts, sub)[0], sub.codes).sum(1)
         pi = taken(level_dists(self.model, b, self.trie, counts, sub)[0], sub.codes).sum(1)
         n = len(w)
-        loss, acc = dpo_loss(pi[:n], pi[n:], ref[:n], ref[n:], self.ac.dpo_beta)
+        p = None
+        if self.ac.dpo_labels == "soft":
+            p = torch.from_numpy(soft_labels(value[w], value[lo])).to(pi.dtype)
+        loss, acc = dpo_loss(pi[:n], pi[n:], ref[:n], ref[n:], self.ac.dpo_beta, p)
         self._update(loss)
         return {"loss": loss.item(), "pref_acc": acc.item(), "pairs": float(n)}
 
@@ -186,11 +189,7 @@ class Aligner:
         ac, model = self.ac, self.model
         assert model.hte is not None
         n_lv = self.prep.sids.levels
-        mean = float(value.mean())
-        self.reward_scale = (
-            mean if self.reward_scale is None else 0.9 * self.reward_scale + 0.1 * mean
-        )
-        big_r = torch.from_numpy(value).float() / max(self.reward_scale, 1e-12)
+        big_r = self.terminal_reward(value)
         with torch.no_grad():
             lps, legal, h = level_dists(model, b, self.trie, counts, roll)
             old = taken(lps, roll.codes)
@@ -218,6 +217,17 @@ class Aligner:
         out.update(loss=loss.item(), policy_loss=pl.item(), value_loss=vl.item(), kl=kl.item())
         out["clip_frac"] = float(frac)
         return out
+
+    def terminal_reward(self, value: np.ndarray) -> torch.Tensor:
+        """R of each rollout: final_value / its running mean (EMA 0.9), or with `reward=log_value`
+        log final_value minus its running mean; either way the critic's targets stay O(1)."""
+        r = log_value(value) if self.ac.reward == "log_value" else np.asarray(value, np.float64)
+        mean = float(r.mean())
+        ema = self.reward_scale
+        self.reward_scale = mean if ema is None else 0.9 * ema + 0.1 * mean
+        if self.ac.reward == "log_value":
+            return torch.from_numpy(r - self.reward_scale).float()
+        return torch.from_numpy(r).float() / max(self.reward_scale, 1e-12)
 
     # --- validation -----------------------------------------------------------------------------
     @torch.no_grad()
