@@ -6,7 +6,9 @@
 `--judge simulator` tilts by log(final_value) of the seed's simulator (the cascade's frozen
 ranking model: bid × pCTR × pCVR) instead of log bid: the union ranked by p(ad) · value^w, the
 product of the imitation prior and the copied ranking model — a diagnostic of what alignment
-against that simulator could distill into the policy, not GPR serving on its own.
+against that simulator could distill into the policy, not GPR serving on its own. `--judge hte`
+tilts by log(bid × HTE pCTR × HTE pCVR) (`serve.value_weight`): the same product with GPR's own
+value heads, e.g. after `gpr train --stage hte` distilled the simulator into them.
 A stage that is not one of stages.py's (e.g. an aligned variant) must already exist in
 --work/s{seed}/{stage}.
 
@@ -51,7 +53,7 @@ CASCADE = "cascade"
 KEYS = ("rpm", "ctr", "ctcvr", "gmv_per_mille")
 
 
-JUDGES = ("bid", "simulator")
+JUDGES = ("bid", "simulator", "hte")
 UNION_M = 1000  # more than any union of beams: the judge re-ranks every candidate
 
 
@@ -90,7 +92,8 @@ def load_policy(
     if judge == "simulator" and w:
         pol = GenerativePolicy(run, wdir, beam=20)
         return SimulatorJudged(pol, Simulator(casc, wdir, logs=data.logs), w)
-    return GenerativePolicy(run, wdir, beam=20, overrides=[f"serve.bid_weight={w}"])
+    field = "value_weight" if judge == "hte" else "bid_weight"
+    return GenerativePolicy(run, wdir, beam=20, overrides=[f"serve.{field}={w}"])
 
 
 Job = tuple[str, str, str, float, int, str, str]
@@ -230,7 +233,7 @@ def main() -> None:
     ).stdout.strip()
     seeds = " ".join(map(str, args.seeds))
     grid = " ".join(f"{w:g}" for w in args.grid)
-    term = "bid" if args.judge == "bid" else "simulator final_value"
+    term = {"bid": "bid", "simulator": "simulator final_value", "hte": "HTE value"}[args.judge]
     head = (
         f"# Bid-aware serving: log p(ad) + w · log({term})\n\n"
         f"`python benchmarks/bid_serving.py --seeds {seeds} --stages {' '.join(args.stages)} "

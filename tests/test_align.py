@@ -34,6 +34,7 @@ from gpr.train.hepo import (
     process_rewards,
     value_loss,
 )
+from gpr.train.hte_distill import distill_hte, pair_agreement
 from gpr.train.rollout import (
     RequestContext,
     RequestSet,
@@ -603,6 +604,36 @@ def test_dpo_learns_the_preferences(runs: tuple[Path, Path]) -> None:
 
 
 # --- CLI ---------------------------------------------------------------------------------------
+def test_pair_agreement_by_hand() -> None:
+    pred = torch.tensor([[1.0, 2.0, 3.0], [0.0, 5.0, 1.0]])
+    target = torch.tensor([[1.0, 3.0, 2.0], [4.0, 4.0, 9.0]])
+    ok = torch.tensor([[True, True, True], [True, True, False]])
+    # row 0: pairs (0,1) agree, (0,2) agree, (1,2) disagree; row 1: (0,1) is a tie, 2 is masked;
+    # each unordered pair is counted twice (i, j) and (j, i), so the share is 2 / 3
+    assert pair_agreement(pred, target, ok) == pytest.approx(2 / 3)
+
+
+def test_hte_distillation_fits_the_simulator(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    init, casc = runs
+    cfg = load_config(
+        "tiny", overrides=["align.hte_requests=96", "align.hte_epochs=4", "align.eval_requests=48"]
+    )
+    info = distill_hte(init, casc, cfg, tmp_path / "hte", progress=False)
+    assert info["stage"] == "hte" and info["train_requests"] > 0
+    rows = [json.loads(x) for x in (tmp_path / "hte" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 5 and rows[-1]["loss"] < rows[1]["loss"] + 1e-9
+    assert info["best"]["agreement"] >= rows[0]["valid_agreement"]
+    before = load_file(str(init / "model.safetensors"))
+    after = load_file(str(tmp_path / "hte" / "model.safetensors"))
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    if info["best"]["epoch"] > 0:
+        assert changed and all(k.startswith(("hte.ctr.", "hte.cvr.")) for k in changed)
+    else:
+        assert not changed
+    model, _, _ = mtp.load_run(tmp_path / "hte")  # loads as an ordinary run
+    assert isinstance(model, GPRModel)
+
+
 def _train(*args: str) -> Any:
     return run_cli("train", "--preset", "tiny", "--set", "train.threads=1", *args)
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from gpr.config import load_config
 from gpr.errors import GprInputError
@@ -52,6 +53,39 @@ def test_bid_weight_adds_log_bid_to_the_log_probability(tiny_world: Path, tiny_r
         assert (np.diff(want) <= 1e-6).all()  # best first
         n_moved += ads != [a for a in plain.ads[r] if a >= 0]
     assert n_moved > 0
+
+
+def test_value_weight_adds_log_hte_value(tiny_world: Path, tiny_run: Path) -> None:
+    data = SimData.load(tiny_world)
+    pos = data.journeys.requests("test")[:32]
+    elig = np.ones((len(pos), data.ads.n), dtype=bool)
+    batch = RequestBatch.at(pos, data.journeys, data.ads, data.logs.users, elig, m=1000)
+    plain_pol = GenerativePolicy(tiny_run, tiny_world)
+    plain = plain_pol.rank(batch)
+    tilted = GenerativePolicy(tiny_run, tiny_world, overrides=["serve.value_weight=2"])
+    assert tilted.name.endswith("+hte2")
+    got = tilted.rank(batch)
+    # the HTE value of every candidate, computed independently through the model's own heads
+    cfg = plain_pol.model.cfg
+    b = plain_pol.prep.at_requests(
+        plain_pol.pos_of[batch.request_ids], cfg.max_len, getattr(cfg, "thought_tokens", 0)
+    )
+    items = torch.from_numpy(plain.ads)
+    codes = torch.from_numpy(plain_pol.prep.sids.codes[items.clamp(min=0).numpy()])
+    with torch.no_grad():
+        ctr, cvr = plain_pol.model.hte_probs(b, codes)  # type: ignore[operator]
+    bid = dict(zip(data.ads.item_id.tolist(), data.ads.bid.tolist(), strict=True))
+    for r in range(len(pos)):
+        val = {
+            a: (lp, bid[a] * float(ctr[r, k]) * float(cvr[r, k]))
+            for k, (a, lp) in enumerate(zip(plain.ads[r], plain.values[r], strict=True))
+            if a >= 0
+        }
+        ads = [a for a in got.ads[r] if a >= 0]
+        assert sorted(ads) == sorted(val)
+        want = [val[a][0] + 2 * np.log(val[a][1]) for a in ads]
+        np.testing.assert_allclose(got.values[r][: len(ads)], want, rtol=1e-4, atol=1e-4)
+        assert (np.diff(want) <= 1e-5).all()
 
 
 def test_serve_overrides_are_checked(tiny_world: Path, tiny_run: Path) -> None:

@@ -178,7 +178,7 @@ def train_cmd(
     data: Annotated[Path | None, typer.Option("--data", help="dataset directory")] = None,
     model: Annotated[str, typer.Option("--model", help="gpr | hstu | cascade")] = "gpr",
     sids: Annotated[Path | None, typer.Option("--sids", help="tokenizer output (TOK)")] = None,
-    stage: Annotated[str, typer.Option("--stage", help="mtp | vaft | dpo | hepo")] = "mtp",
+    stage: Annotated[str, typer.Option("--stage", help="mtp | vaft | dpo | hepo | hte")] = "mtp",
     init: Annotated[Path | None, typer.Option("--init", help="run to start from")] = None,
     simulator: Annotated[
         Path | None, typer.Option("--simulator", help="cascade run whose models score ads")
@@ -199,7 +199,7 @@ def train_cmd(
         return
     if init is not None or simulator is not None or arr:
         raise GprInputError(
-            "--init, --simulator and --arr need --stage vaft|dpo|hepo", field="stage"
+            "--init, --simulator and --arr need --stage vaft|dpo|hepo|hte", field="stage"
         )
     if data is None:
         raise GprInputError("--data DIR is required", field="data")
@@ -227,8 +227,10 @@ STAGE_KEYS = ("stage", "best", "seconds", "first_reward", "last_reward", "epochs
 def _train_stage(
     stage: str, init: Path | None, simulator: Path | None, cfg: GprConfig, out: Path, arr: bool
 ) -> dict[str, Any]:
-    if stage not in ("vaft", "dpo", "hepo"):
-        raise GprInputError(f"unknown stage '{stage}' (mtp | vaft | dpo | hepo)", field="stage")
+    if stage not in ("vaft", "dpo", "hepo", "hte"):
+        raise GprInputError(
+            f"unknown stage '{stage}' (mtp | vaft | dpo | hepo | hte)", field="stage"
+        )
     if init is None or not (init / "run.json").exists():
         raise GprInputError("--init RUN (a trained run) is required", file=init, field="init")
     if simulator is None:
@@ -239,6 +241,10 @@ def _train_stage(
         from gpr.train.vaft import train_vaft
 
         res = train_vaft(init, simulator, cfg, out)
+    elif stage == "hte":
+        from gpr.train.hte_distill import distill_hte
+
+        res = distill_hte(init, simulator, cfg, out)
     else:
         from gpr.train.align import align
 

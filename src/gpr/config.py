@@ -236,6 +236,10 @@ class AlignConfig(_Strict):
     level_coef: list[float] | None = None  # c_l per decision (Eq. 9); None: 1 each
     value_weight: float = Field(0.5, ge=0)  # Eq. 10
     kl_weight: float = Field(0.01, ge=0)  # KL to the reference (the init run), 0 = none
+    # HTE distillation (`--stage hte`, train/hte_distill.py): train requests, epochs, lr
+    hte_requests: int = Field(8192, ge=1)
+    hte_epochs: int = Field(6, ge=1)
+    hte_lr: float = Field(1e-3, gt=0)
     # ARR
     arr_share: float = Field(0.25, ge=0, le=1)  # share of a HEPO batch that is synthetic
     arr_per_tier: tuple[int, int, int] = (1, 2, 4)  # synthetic requests per user, by tier
@@ -247,8 +251,10 @@ class ServeConfig(_Strict):
 
     rank_by: Literal["logprob", "value"] = "logprob"  # value: bid x HTE pCTR x HTE pCVR
     beam: int | None = Field(None, ge=1)  # per MTP head; None: train.beam
-    # rank_by logprob: score = log p(ad) + bid_weight * log(bid); 0 = the model's order as it is
+    # rank_by logprob: score = log p(ad) + bid_weight * log(bid) + value_weight * log(bid x HTE
+    # pCTR x HTE pCVR); 0 and 0 = the model's order as it is
     bid_weight: float = Field(0.0, ge=0)
+    value_weight: float = Field(0.0, ge=0)
 
 
 class GprConfig(_Strict):

@@ -3,8 +3,8 @@
 For each request the model reads the journey up to (and including) the request's E token, then
 decodes inside the trie of the ads eligible for that request; every generated ad exists and may be
 shown. The union of the MTP heads' beams is ranked by the run's `serve.rank_by`: `logprob` (the
-path log-probability, plus `serve.bid_weight` x log bid) or `value` (bid x HTE pCTR x HTE pCVR,
-the model's own auction: spec §5).
+path log-probability, plus `serve.bid_weight` x log bid and `serve.value_weight` x log HTE value)
+or `value` (bid x HTE pCTR x HTE pCVR alone, the model's own auction: spec §5).
 """
 
 from __future__ import annotations
@@ -55,13 +55,16 @@ class GenerativePolicy:
         self.rank_by = rank_by or serve.rank_by
         if self.rank_by not in ("logprob", "value"):
             raise GprInputError(f"unknown ranking '{self.rank_by}'", field="serve.rank_by")
-        self.bid_weight = serve.bid_weight if self.rank_by == "logprob" else 0.0
-        if self.rank_by == "value" and not (
+        by_logp = self.rank_by == "logprob"
+        self.bid_weight = serve.bid_weight if by_logp else 0.0
+        self.value_weight = serve.value_weight if by_logp else 0.0
+        if (self.rank_by == "value" or self.value_weight) and not (
             isinstance(self.model, GPRModel) and self.model.hte is not None
         ):
-            raise GprInputError("rank_by value needs a run with HTE", file=run_dir, field="hte")
+            raise GprInputError("ranking by value needs a run with HTE", file=run_dir, field="hte")
         suffix = "+value" if self.rank_by == "value" else ""
         suffix += f"+bid{self.bid_weight:g}" if self.bid_weight else ""
+        suffix += f"+hte{self.value_weight:g}" if self.value_weight else ""
         self.name = f"{info['model']}:{Path(run_dir).name}{suffix}"
         self.beam = beam or serve.beam or int(info["config"]["train"]["beam"])
         j = self.prep.journeys
@@ -86,21 +89,30 @@ class GenerativePolicy:
         items, scores = self.model.generate(b, prep.trie, self.beam, torch.from_numpy(elig))
         if self.rank_by == "value":
             items, scores = self._by_value(b, items, batch)
-        elif self.bid_weight:
-            items, scores = bid_tilted(items, scores, ad_bids(items, batch.ads), self.bid_weight)
+        else:
+            if self.value_weight:
+                value = self._hte_value(b, items, batch)
+                items, scores = bid_tilted(items, scores, value, self.value_weight)
+            if self.bid_weight:
+                bid = ad_bids(items, batch.ads)
+                items, scores = bid_tilted(items, scores, bid, self.bid_weight)
         m = min(batch.m, items.shape[1])
         ads = items[:, :m].numpy()
         values = np.where(ads >= 0, scores[:, :m].numpy(), np.nan)
         return Ranked(ads, values)
 
+    def _hte_value(self, b: Batch, items: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
+        """bid x HTE pCTR x HTE pCVR (expected revenue) of each candidate, 0 for -1."""
+        assert isinstance(self.model, GPRModel)
+        codes = torch.from_numpy(self.prep.sids.codes[items.clamp(min=0).numpy()])
+        ctr, cvr = self.model.hte_probs(b, codes)
+        return torch.where(items >= 0, ad_bids(items, batch.ads) * ctr * cvr, 0.0)
+
     def _by_value(
         self, b: Batch, items: torch.Tensor, batch: RequestBatch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Re-rank the candidates by bid x HTE pCTR x HTE pCVR (expected revenue)."""
-        assert isinstance(self.model, GPRModel)
-        codes = torch.from_numpy(self.prep.sids.codes[items.clamp(min=0).numpy()])
-        ctr, cvr = self.model.hte_probs(b, codes)
-        bid = ad_bids(items, batch.ads)
-        value = torch.where(items >= 0, bid * ctr * cvr, -torch.inf)
+        value = self._hte_value(b, items, batch)
+        value = torch.where(items >= 0, value, -torch.inf)
         order = value.argsort(dim=1, descending=True)
         return items.gather(1, order), value.gather(1, order)
