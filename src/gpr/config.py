@@ -238,8 +238,8 @@ class AlignConfig(_Strict):
     kl_weight: float = Field(0.01, ge=0)  # KL to the reference (the init run), 0 = none
     # HTE distillation (`--stage hte`, train/hte_distill.py): train requests, epochs, lr
     hte_requests: int = Field(8192, ge=1)
-    hte_epochs: int = Field(6, ge=1)
-    hte_lr: float = Field(1e-3, gt=0)
+    hte_epochs: int = Field(40, ge=1)
+    hte_lr: float = Field(3e-3, gt=0)
     # ARR
     arr_share: float = Field(0.25, ge=0, le=1)  # share of a HEPO batch that is synthetic
     arr_per_tier: tuple[int, int, int] = (1, 2, 4)  # synthetic requests per user, by tier
