@@ -7,7 +7,7 @@
 ranking model: bid × pCTR × pCVR) instead of log bid: the union ranked by p(ad) · value^w, the
 product of the imitation prior and the copied ranking model — a diagnostic of what alignment
 against that simulator could distill into the policy, not GPR serving on its own. `--judge hte`
-tilts by log(bid × HTE pCTR × HTE pCVR) (`serve.value_weight`): the same product with GPR's own
+tilts by log(bid × HTE pCTR × HTE pCVR) (`serve.hte_weight`): the same product with GPR's own
 value heads, e.g. after `gpr train --stage hte` distilled the simulator into them.
 A stage that is not one of stages.py's (e.g. an aligned variant) must already exist in
 --work/s{seed}/{stage}.
@@ -92,7 +92,7 @@ def load_policy(
     if judge == "simulator" and w:
         pol = GenerativePolicy(run, wdir, beam=20)
         return SimulatorJudged(pol, Simulator(casc, wdir, logs=data.logs), w)
-    field = "value_weight" if judge == "hte" else "bid_weight"
+    field = "hte_weight" if judge == "hte" else "bid_weight"
     return GenerativePolicy(run, wdir, beam=20, overrides=[f"serve.{field}={w}"])
 
 

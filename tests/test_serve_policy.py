@@ -55,14 +55,14 @@ def test_bid_weight_adds_log_bid_to_the_log_probability(tiny_world: Path, tiny_r
     assert n_moved > 0
 
 
-def test_value_weight_adds_log_hte_value(tiny_world: Path, tiny_run: Path) -> None:
+def test_hte_weight_adds_log_hte_value(tiny_world: Path, tiny_run: Path) -> None:
     data = SimData.load(tiny_world)
     pos = data.journeys.requests("test")[:32]
     elig = np.ones((len(pos), data.ads.n), dtype=bool)
     batch = RequestBatch.at(pos, data.journeys, data.ads, data.logs.users, elig, m=1000)
     plain_pol = GenerativePolicy(tiny_run, tiny_world)
     plain = plain_pol.rank(batch)
-    tilted = GenerativePolicy(tiny_run, tiny_world, overrides=["serve.value_weight=2"])
+    tilted = GenerativePolicy(tiny_run, tiny_world, overrides=["serve.hte_weight=2"])
     assert tilted.name.endswith("+hte2")
     got = tilted.rank(batch)
     # the HTE value of every candidate, computed independently through the model's own heads

@@ -251,10 +251,10 @@ class ServeConfig(_Strict):
 
     rank_by: Literal["logprob", "value"] = "logprob"  # value: bid x HTE pCTR x HTE pCVR
     beam: int | None = Field(None, ge=1)  # per MTP head; None: train.beam
-    # rank_by logprob: score = log p(ad) + bid_weight * log(bid) + value_weight * log(bid x HTE
+    # rank_by logprob: score = log p(ad) + bid_weight * log(bid) + hte_weight * log(bid x HTE
     # pCTR x HTE pCVR); 0 and 0 = the model's order as it is
     bid_weight: float = Field(0.0, ge=0)
-    value_weight: float = Field(0.0, ge=0)
+    hte_weight: float = Field(0.0, ge=0)
 
 
 class GprConfig(_Strict):

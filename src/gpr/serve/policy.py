@@ -3,7 +3,7 @@
 For each request the model reads the journey up to (and including) the request's E token, then
 decodes inside the trie of the ads eligible for that request; every generated ad exists and may be
 shown. The union of the MTP heads' beams is ranked by the run's `serve.rank_by`: `logprob` (the
-path log-probability, plus `serve.bid_weight` x log bid and `serve.value_weight` x log HTE value)
+path log-probability, plus `serve.bid_weight` x log bid and `serve.hte_weight` x log HTE value)
 or `value` (bid x HTE pCTR x HTE pCVR alone, the model's own auction: spec §5).
 """
 
@@ -57,14 +57,14 @@ class GenerativePolicy:
             raise GprInputError(f"unknown ranking '{self.rank_by}'", field="serve.rank_by")
         by_logp = self.rank_by == "logprob"
         self.bid_weight = serve.bid_weight if by_logp else 0.0
-        self.value_weight = serve.value_weight if by_logp else 0.0
-        if (self.rank_by == "value" or self.value_weight) and not (
+        self.hte_weight = serve.hte_weight if by_logp else 0.0
+        if (self.rank_by == "value" or self.hte_weight) and not (
             isinstance(self.model, GPRModel) and self.model.hte is not None
         ):
             raise GprInputError("ranking by value needs a run with HTE", file=run_dir, field="hte")
         suffix = "+value" if self.rank_by == "value" else ""
         suffix += f"+bid{self.bid_weight:g}" if self.bid_weight else ""
-        suffix += f"+hte{self.value_weight:g}" if self.value_weight else ""
+        suffix += f"+hte{self.hte_weight:g}" if self.hte_weight else ""
         self.name = f"{info['model']}:{Path(run_dir).name}{suffix}"
         self.beam = beam or serve.beam or int(info["config"]["train"]["beam"])
         j = self.prep.journeys
@@ -90,9 +90,9 @@ class GenerativePolicy:
         if self.rank_by == "value":
             items, scores = self._by_value(b, items, batch)
         else:
-            if self.value_weight:
+            if self.hte_weight:
                 value = self._hte_value(b, items, batch)
-                items, scores = bid_tilted(items, scores, value, self.value_weight)
+                items, scores = bid_tilted(items, scores, value, self.hte_weight)
             if self.bid_weight:
                 bid = ad_bids(items, batch.ads)
                 items, scores = bid_tilted(items, scores, bid, self.bid_weight)

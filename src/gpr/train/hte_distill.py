@@ -3,7 +3,7 @@
 HTE's pCTR / pCVR heads (spec §3.3) are refitted, with everything else frozen, to the
 simulator's pCTR / pCVR (soft BCE targets) of the ads GPR itself proposes: the union of the MTP
 heads' beams on sampled train requests. Afterwards GPR ranks its union alone by
-log p + `serve.value_weight` · log(bid × HTE pCTR × HTE pCVR) — the product of the imitation prior
+log p + `serve.hte_weight` · log(bid × HTE pCTR × HTE pCVR) — the product of the imitation prior
 and the learned value that `benchmarks/bid_serving.py --judge simulator` serves with the
 simulator itself (docs/results/stages_analysis.md §7).
 
