@@ -12,7 +12,9 @@ from gpr.config import load_config
 from gpr.errors import GprInputError
 from gpr.eval.policy import RequestBatch, load_policy
 from gpr.eval.simulate import SimData, simulate_spec
-from gpr.serve.policy import GenerativePolicy
+from gpr.model.hte import HTE, SIDE_FEATURES
+from gpr.model.journey import I
+from gpr.serve.policy import GenerativePolicy, hte_side_features
 from gpr.train.mtp import train
 
 
@@ -95,3 +97,63 @@ def test_serve_overrides_are_checked(tiny_world: Path, tiny_run: Path) -> None:
         load_policy(tiny_run, tiny_world, overrides=["train.lr=1"])
     with pytest.raises(GprInputError, match="do not apply"):
         load_policy("oracle", tiny_world, overrides=["serve.bid_weight=1"])
+
+
+def test_hte_side_features_by_hand(tiny_world: Path, tiny_run: Path) -> None:
+    data = SimData.load(tiny_world)
+    pos = data.journeys.requests("test")[:16]
+    pol = GenerativePolicy(tiny_run, tiny_world)
+    cfg = pol.model.cfg
+    b = pol.prep.at_requests(pol.pos_of[data.journeys.request[pos]], cfg.max_len, 0)
+    ads = data.ads
+    items = torch.tensor([[int(ads.item_id[0]), int(ads.item_id[5]), -1]] * len(pos))
+    days = np.full(len(pos), 2)
+    x = hte_side_features(b, items, ads, days)
+    assert x.shape == (len(pos), 3, len(SIDE_FEATURES))
+    assert (x[:, 2] == 0).all()  # padding
+    col = {k: i for i, k in enumerate(SIDE_FEATURES)}
+    n_with_history = 0
+    for r in range(len(pos)):
+        br, t = int(b.pred_b[r]), int(b.pred_t[r])
+        shown = [
+            int(b.item[br, k]) for k in range(t) if int(b.ttype[br, k]) == I and b.item[br, k] >= 0
+        ]
+        lps = [np.log(ads.price[ads.index_of(np.array([a]))[0]]) - 3.5 for a in shown]
+        user = float(np.mean(lps)) if lps else 0.0
+        n_with_history += bool(lps)
+        for k, a in enumerate((0, 5)):
+            lp = np.log(ads.price[a]) - 3.5
+            age = max(2 - int(ads.created_day[a]), 0)
+            want = {
+                "log_price": lp,
+                "log_bid": np.log(ads.bid[a]) - 2.1,
+                "new_ad": float(age <= 3),
+                "log_age": np.log1p(age),
+                "user_log_price": user,
+                "user_has_ads": float(bool(lps)),
+                "price_match": user * lp,
+            }
+            for name, v in want.items():
+                assert float(x[r, k, col[name]]) == pytest.approx(v, abs=1e-5), name
+    assert n_with_history > 0  # the fixture exercises the history part
+
+
+def test_hte_wide_part_starts_at_zero_and_is_required() -> None:
+    torch.manual_seed(0)
+    hte = HTE(8, 3)
+    h, pre = torch.randn(5, 8), torch.randn(5, 3, 8)
+    before = hte(h, pre)
+    hte.add_side(len(SIDE_FEATURES))
+    side = torch.randn(5, len(SIDE_FEATURES))
+    after = hte(h, pre, side)
+    for k in ("ctr", "cvr", "value"):
+        torch.testing.assert_close(after[k], before[k])  # zero start: the same outputs
+    with torch.no_grad():
+        hte.side_cvr.weight[0, 0] = 1.0
+    moved = hte(h, pre, side)
+    torch.testing.assert_close(moved["cvr"] - before["cvr"], side[:, 0])
+    torch.testing.assert_close(moved["ctr"], before["ctr"])
+    with pytest.raises(ValueError, match="side features"):
+        hte(h, pre)
+    with pytest.raises(ValueError, match="side features"):
+        HTE(8, 3)(h, pre, side)

@@ -124,6 +124,9 @@ class ModelConfig(_Strict):
     refining: bool = True
     refine_steps: int = Field(4, ge=1)
     hte: bool = True
+    # HTE's wide part on the candidate's side features (price, bid, age; model/hte.py); only
+    # `--stage hte` trains it, so MTP / VAFT runs keep it off
+    hte_side: bool = False
     decoder_layers: int = Field(1, ge=1)
     recent_window: int = Field(16, ge=1)
     mtp_heads: int = Field(4, ge=1)

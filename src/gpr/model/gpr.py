@@ -13,7 +13,7 @@ from torch import nn
 from gpr.config import ModelConfig
 from gpr.model.embed import TokenEmbedding
 from gpr.model.hsd import HSD
-from gpr.model.hte import HTE
+from gpr.model.hte import HTE, SIDE_FEATURES
 from gpr.model.journey import Batch
 from gpr.model.masks import causal_mask, hybrid_mask
 from gpr.model.ptd import PTD, masked_log_softmax
@@ -69,7 +69,7 @@ class GPRModel(nn.Module):
             self.level_sizes,
             cfg.dropout,
         )
-        self.hte = HTE(d, levels) if cfg.hte else None
+        self.hte = HTE(d, levels, len(SIDE_FEATURES) * cfg.hte_side) if cfg.hte else None
         self.thoughts = cfg.thought_tokens > 0 and thought_table is not None
         if self.thoughts:
             assert thought_table is not None
@@ -180,14 +180,18 @@ class GPRModel(nn.Module):
         return merge_ranked(torch.cat(items, 1), torch.cat(scores, 1), beam)
 
     @torch.no_grad()
-    def hte_probs(self, b: Batch, codes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """HTE's pCTR and pCVR of candidate paths `codes` (P, N, L) for each prediction of b."""
+    def hte_probs(
+        self, b: Batch, codes: torch.Tensor, side: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """HTE's pCTR and pCVR of candidate paths `codes` (P, N, L) for each prediction of b;
+        `side` (P, N, S): their side features, for an HTE that takes them."""
         if self.hte is None:
             raise ValueError("this model has no HTE (model.hte = false)")
         h, _, _ = self.encode(b)
         p, n, n_lv = codes.shape
         pre = self.embed.prefix(codes.clamp(min=0)).reshape(p * n, n_lv, -1)
-        v = self.hte(h.repeat_interleave(n, dim=0), pre)
+        flat = side.reshape(p * n, -1) if side is not None else None
+        v = self.hte(h.repeat_interleave(n, dim=0), pre, flat)
         return torch.sigmoid(v["ctr"]).reshape(p, n), torch.sigmoid(v["cvr"]).reshape(p, n)
 
 

@@ -3,6 +3,10 @@
 All heads read the stop-gradient intent, so value learning never pulls the user representation.
 `value` (per prefix), `ctr` and `cvr` are logits trained with BCE on logged impressions (MTP);
 `critic` is HEPO's V(s, z_{1:l}) for l = 0..L in reward units (Eq. 10), trained only there.
+
+With `side` > 0 (`model.hte_side`), pCTR and pCVR also get a wide linear part on the candidate's
+side features (`serve.policy.hte_side_features`: its price, bid and age, the user's logged price
+level): what the semantic ID does not carry. Added by `--stage hte` (train/hte_distill.py).
 """
 
 from __future__ import annotations
@@ -10,33 +14,60 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# the candidate's side features, in order (computed by serve.policy.hte_side_features)
+SIDE_FEATURES = (
+    "log_price",  # log product price - 3.5
+    "log_bid",  # log bid - 2.1
+    "new_ad",  # 1 while the ad is at most NEW_AD_DAYS old
+    "log_age",  # log(1 + days since creation)
+    "user_log_price",  # mean centred log price of the ads in the user's history (0 if none)
+    "user_has_ads",  # 1 if the history holds an ad impression
+    "price_match",  # user_log_price x log_price
+)
+
 
 def _mlp(d_in: int, d: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d), nn.GELU(), nn.Linear(d, 1))
 
 
 class HTE(nn.Module):
-    def __init__(self, d: int, levels: int) -> None:
+    def __init__(self, d: int, levels: int, side: int = 0) -> None:
         super().__init__()
+        self.side = 0
         self.level = nn.Embedding(levels, d)
         self.value = _mlp(2 * d, d)
         self.ctr = _mlp(2 * d, d)
         self.cvr = _mlp(2 * d, d)
         self.critic_level = nn.Embedding(levels + 1, d)
         self.critic = _mlp(2 * d, d)
+        if side:
+            self.add_side(side)
 
-    def forward(self, h: torch.Tensor, prefixes: torch.Tensor) -> dict[str, torch.Tensor]:
-        """h (N, d), prefixes (N, L, d) of z_1..z_l -> logits: value per level, ctr, cvr."""
+    def add_side(self, side: int) -> None:
+        """Wide linear parts of pCTR / pCVR on `side` features, starting at 0 (same outputs)."""
+        self.side = side
+        self.side_ctr, self.side_cvr = nn.Linear(side, 1), nn.Linear(side, 1)
+        for lin in (self.side_ctr, self.side_cvr):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def forward(
+        self, h: torch.Tensor, prefixes: torch.Tensor, side: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """h (N, d), prefixes (N, L, d) of z_1..z_l, side (N, S) -> logits: value per level,
+        ctr, cvr. `side` is required exactly when the HTE was built with side features."""
+        if (side is None) != (self.side == 0):
+            raise ValueError(f"this HTE takes {self.side} side features; got {side is not None}")
         hs = h.detach()
         lv = self.level(torch.arange(prefixes.shape[1], device=h.device)).unsqueeze(0)
         hx = hs.unsqueeze(1).expand_as(prefixes)
         value = self.value(torch.cat([hx, prefixes + lv], dim=-1)).squeeze(-1)
         full = torch.cat([hs, prefixes[:, -1]], dim=-1)
-        return {
-            "value": value,
-            "ctr": self.ctr(full).squeeze(-1),
-            "cvr": self.cvr(full).squeeze(-1),
-        }
+        ctr, cvr = self.ctr(full).squeeze(-1), self.cvr(full).squeeze(-1)
+        if side is not None:
+            ctr = ctr + self.side_ctr(side).squeeze(-1)
+            cvr = cvr + self.side_cvr(side).squeeze(-1)
+        return {"value": value, "ctr": ctr, "cvr": cvr}
 
     def critic_values(self, h: torch.Tensor, prefixes: torch.Tensor) -> torch.Tensor:
         """h (N, d), prefixes (N, L, d) -> (N, L + 1): V before each decision (empty first)."""

@@ -18,8 +18,10 @@ from gpr.config import serve_config
 from gpr.errors import GprInputError
 from gpr.eval.eligibility import Ads
 from gpr.eval.policy import Ranked, RequestBatch
+from gpr.eval.simulate import NEW_AD_DAYS
 from gpr.model.gpr import GPRModel
-from gpr.model.journey import Batch, E
+from gpr.model.hte import SIDE_FEATURES
+from gpr.model.journey import Batch, E, I
 from gpr.train.mtp import load_run
 
 
@@ -27,6 +29,35 @@ def ad_bids(items: torch.Tensor, ads: Ads) -> torch.Tensor:
     """Bid of each ad item id (0 for -1 and unknown ids)."""
     a = ads.index_of(items.numpy())
     return torch.from_numpy(np.where(a >= 0, ads.bid[np.maximum(a, 0)], 0.0)).float()
+
+
+def hte_side_features(b: Batch, items: torch.Tensor, ads: Ads, days: np.ndarray) -> torch.Tensor:
+    """(P, N, len(SIDE_FEATURES)) side features of candidate ad ids `items` (P, N) for the
+    predictions of `b` on `days` (P,); rows of -1 / unknown items are 0."""
+    a = ads.index_of(items.numpy())
+    ok = a >= 0
+    a0 = np.maximum(a, 0)
+    lp = np.where(ok, np.log(ads.price[a0]) - 3.5, 0.0)
+    age = np.clip(np.asarray(days)[:, None] - ads.created_day[a0], 0, None)
+    hist = b.item[b.pred_b].numpy()
+    ha = ads.index_of(hist)
+    before = np.arange(hist.shape[1])[None, :] < b.pred_t.numpy()[:, None]
+    h_ok = (ha >= 0) & before & (b.ttype[b.pred_b].numpy() == I)
+    n_h = h_ok.sum(1)
+    h_lp = np.where(h_ok, np.log(ads.price[np.maximum(ha, 0)]) - 3.5, 0.0).sum(1) / np.maximum(
+        n_h, 1
+    )
+    cols = {
+        "log_price": lp,
+        "log_bid": np.where(ok, np.log(ads.bid[a0]) - 2.1, 0.0),
+        "new_ad": age <= NEW_AD_DAYS,
+        "log_age": np.log1p(age),
+        "user_log_price": np.broadcast_to(h_lp[:, None], lp.shape),
+        "user_has_ads": np.broadcast_to((n_h > 0)[:, None], lp.shape),
+        "price_match": h_lp[:, None] * lp,
+    }
+    x = np.stack([np.where(ok, cols[k], 0.0) for k in SIDE_FEATURES], -1)
+    return torch.from_numpy(x).float()
 
 
 def bid_tilted(
@@ -105,7 +136,10 @@ class GenerativePolicy:
         """bid x HTE pCTR x HTE pCVR (expected revenue) of each candidate, 0 for -1."""
         assert isinstance(self.model, GPRModel)
         codes = torch.from_numpy(self.prep.sids.codes[items.clamp(min=0).numpy()])
-        ctr, cvr = self.model.hte_probs(b, codes)
+        side = None
+        if self.model.cfg.hte_side:
+            side = hte_side_features(b, items, batch.ads, batch.days)
+        ctr, cvr = self.model.hte_probs(b, codes, side)
         return torch.where(items >= 0, ad_bids(items, batch.ads) * ctr * cvr, 0.0)
 
     def _by_value(

@@ -9,6 +9,10 @@ simulator itself (docs/results/stages_analysis.md §7).
 
     gpr train --stage hte --init VAFT --simulator CASCADE_RUN --out RUN_HTE
 
+With `--set model.hte_side=true` HTE also gets its wide part on the candidates' side features
+(price, bid, age, the user's logged price level: model/hte.py), which the semantic ID does not
+carry and the simulator reads; it starts at 0 and is fitted with the heads.
+
 Held-out valid requests pick the best epoch: the share of candidate pairs (same request) that
 HTE's value orders as the simulator's does (`pair_agreement`).
 """
@@ -30,8 +34,9 @@ from gpr.config import GprConfig
 from gpr.errors import GprInputError
 from gpr.io import atomic_dir, write_json
 from gpr.model.gpr import GPRModel
+from gpr.model.hte import SIDE_FEATURES
 from gpr.model.journey import positions_for_split
-from gpr.serve.policy import ad_bids
+from gpr.serve.policy import ad_bids, hte_side_features
 from gpr.train.mtp import load_run
 from gpr.train.rollout import RequestContext, RequestSet
 from gpr.train.simulator import Simulator
@@ -55,7 +60,7 @@ class Candidates:
         self, model: GPRModel, ctx: RequestContext, sim: Simulator, pos: np.ndarray, beam: int
     ) -> None:
         cfg, trie = model.cfg, ctx.prep.trie
-        keys = ("h", "pre", "ok", "bid", "ctr", "cvr")
+        keys = ("h", "pre", "ok", "bid", "ctr", "cvr", "side")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for lo in range(0, len(pos), CHUNK):
             req, b, elig, _ = ctx.prepare(
@@ -73,6 +78,8 @@ class Candidates:
             parts["pre"].append(pre.reshape(*items.shape, *pre.shape[1:]))
             parts["ok"].append((items >= 0).to(torch.uint8))
             parts["bid"].append(ad_bids(items, ctx.ads))
+            days = ctx.prep.journeys.day[req.pos]
+            parts["side"].append(hte_side_features(b, items, ctx.ads, days))
             parts["ctr"].append(torch.from_numpy(s.pctr).float())
             parts["cvr"].append(torch.from_numpy(s.pcvr).float())
         if not parts["h"]:
@@ -88,6 +95,7 @@ class Candidates:
 
         self.h, self.pre, self.ok = cat("h"), cat("pre"), cat("ok").bool()
         self.bid, self.ctr, self.cvr = cat("bid"), cat("ctr"), cat("cvr")
+        self.side = cat("side")
 
     def __len__(self) -> int:
         return len(self.h)
@@ -97,7 +105,8 @@ class Candidates:
         assert model.hte is not None
         h, pre = self.h[rows], self.pre[rows]
         r, n = pre.shape[:2]
-        v = model.hte(h.repeat_interleave(n, dim=0), pre.reshape(r * n, *pre.shape[2:]))
+        side = self.side[rows].reshape(r * n, -1) if model.hte.side else None
+        v = model.hte(h.repeat_interleave(n, dim=0), pre.reshape(r * n, *pre.shape[2:]), side)
         return v["ctr"].reshape(r, n), v["cvr"].reshape(r, n)
 
     def loss(self, model: GPRModel, rows: torch.Tensor) -> torch.Tensor:
@@ -140,10 +149,16 @@ def distill_hte(
         p = positions_for_split(j, prep.pred_mask, split)
         return np.sort(rng.choice(p, min(n, len(p)), replace=False))
 
+    side = cfg.model.hte_side and not model.cfg.hte_side
+    if side:
+        model.hte.add_side(len(SIDE_FEATURES))
+        model.cfg = model.cfg.model_copy(update={"hte_side": True})
     model.eval().requires_grad_(False)
     train_c = Candidates(model, ctx, sim, pick("train", ac.hte_requests), beam)
     valid_c = Candidates(model, ctx, sim, pick("valid", ac.eval_requests), beam)
     heads = [*model.hte.ctr.parameters(), *model.hte.cvr.parameters()]
+    if model.hte.side:
+        heads += [*model.hte.side_ctr.parameters(), *model.hte.side_cvr.parameters()]
     for p in heads:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(heads, lr=ac.hte_lr, weight_decay=0.0)
@@ -189,8 +204,10 @@ def distill_hte(
         with open(tmp / "metrics.jsonl", "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in log)
         config = {**info["config"], "align": ac.model_dump(mode="json"), "seed": cfg.seed}
+        config["model"] = {**config["model"], "hte_side": model.cfg.hte_side}
         info = {k: v for k, v in info.items() if k not in ("epochs_run", "train_windows")}
         info.update(
+            model_config={**info["model_config"], "hte_side": model.cfg.hte_side},
             config=GprConfig.model_validate(config).model_dump(mode="json"),
             stage="hte",
             init=str(init),
