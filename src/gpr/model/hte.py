@@ -57,7 +57,8 @@ class HTE(nn.Module):
         """h (N, d), prefixes (N, L, d) of z_1..z_l, side (N, S) -> logits: value per level,
         ctr, cvr. `side` is required exactly when the HTE was built with side features."""
         if (side is None) != (self.side == 0):
-            raise ValueError(f"this HTE takes {self.side} side features; got {side is not None}")
+            given = "given" if side is not None else "not given"
+            raise ValueError(f"this HTE takes {self.side} side features; they were {given}")
         hs = h.detach()
         lv = self.level(torch.arange(prefixes.shape[1], device=h.device)).unsqueeze(0)
         hx = hs.unsqueeze(1).expand_as(prefixes)

@@ -60,6 +60,7 @@ class Candidates:
         self, model: GPRModel, ctx: RequestContext, sim: Simulator, pos: np.ndarray, beam: int
     ) -> None:
         cfg, trie = model.cfg, ctx.prep.trie
+        with_side = model.hte is not None and model.hte.side > 0
         keys = ("h", "pre", "ok", "bid", "ctr", "cvr", "side")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for lo in range(0, len(pos), CHUNK):
@@ -78,8 +79,9 @@ class Candidates:
             parts["pre"].append(pre.reshape(*items.shape, *pre.shape[1:]))
             parts["ok"].append((items >= 0).to(torch.uint8))
             parts["bid"].append(ad_bids(items, ctx.ads))
-            days = ctx.prep.journeys.day[req.pos]
-            parts["side"].append(hte_side_features(b, items, ctx.ads, days))
+            if with_side:
+                days = ctx.prep.journeys.day[req.pos]
+                parts["side"].append(hte_side_features(b, items, ctx.ads, days))
             parts["ctr"].append(torch.from_numpy(s.pctr).float())
             parts["cvr"].append(torch.from_numpy(s.pcvr).float())
         if not parts["h"]:
@@ -95,7 +97,7 @@ class Candidates:
 
         self.h, self.pre, self.ok = cat("h"), cat("pre"), cat("ok").bool()
         self.bid, self.ctr, self.cvr = cat("bid"), cat("ctr"), cat("cvr")
-        self.side = cat("side")
+        self.side = cat("side") if with_side else None
 
     def __len__(self) -> int:
         return len(self.h)
@@ -105,7 +107,7 @@ class Candidates:
         assert model.hte is not None
         h, pre = self.h[rows], self.pre[rows]
         r, n = pre.shape[:2]
-        side = self.side[rows].reshape(r * n, -1) if model.hte.side else None
+        side = self.side[rows].reshape(r * n, -1) if self.side is not None else None
         v = model.hte(h.repeat_interleave(n, dim=0), pre.reshape(r * n, *pre.shape[2:]), side)
         return v["ctr"].reshape(r, n), v["cvr"].reshape(r, n)
 
@@ -149,8 +151,7 @@ def distill_hte(
         p = positions_for_split(j, prep.pred_mask, split)
         return np.sort(rng.choice(p, min(n, len(p)), replace=False))
 
-    side = cfg.model.hte_side and not model.cfg.hte_side
-    if side:
+    if cfg.model.hte_side and not model.cfg.hte_side:
         model.hte.add_side(len(SIDE_FEATURES))
         model.cfg = model.cfg.model_copy(update={"hte_side": True})
     model.eval().requires_grad_(False)
