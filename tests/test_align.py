@@ -30,6 +30,7 @@ from gpr.train.cascade.train import train_cascade
 from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
 from gpr.train.hepo import (
     gae,
+    leaf_center,
     leaf_zscore,
     positive_history,
     ppo_loss,
@@ -222,6 +223,49 @@ def test_leaf_zscore_constant_group() -> None:
 def test_leaf_zscore_float64() -> None:
     z = leaf_zscore(torch.tensor([1.0, 3.0], dtype=F64), torch.tensor([0, 0]))
     torch.testing.assert_close(z, torch.tensor([-1.0, 1.0], dtype=F64), rtol=1e-5, atol=1e-6)
+
+
+def test_leaf_center_keeps_the_scale() -> None:
+    reward = torch.tensor([1.0, 10.0, 3.0, 10.0, 40.0])
+    group = torch.tensor([0, 1, 0, 1, 1])
+    a = leaf_center(reward, group)  # means 2 and 20
+    torch.testing.assert_close(a, torch.tensor([-1.0, -10.0, 1.0, -10.0, 20.0]))
+
+
+def _bandit_optimum(leaf: Any, beta: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A one-level policy trained with HEPO's own leaf advantage, PPO loss and KL on samples of
+    itself; returns (its final probabilities, the reference's, the rewards)."""
+    g = torch.Generator().manual_seed(0)
+    ref = torch.log_softmax(torch.tensor([1.0, 0.5, 0.0, -0.5, -1.0, 0.2]), 0)
+    reward = torch.tensor([0.0, 0.6, 1.2, 0.9, -0.4, 0.3])
+    logits = ref.clone().requires_grad_(True)
+    opt = torch.optim.Adam([logits], lr=0.02)
+    n = 4000
+    for _ in range(400):
+        lp = torch.log_softmax(logits, 0)
+        a = torch.multinomial(lp.exp().detach(), n, replacement=True, generator=g)
+        adv = leaf(reward[a], torch.zeros(n, dtype=torch.long))[:, None]
+        taken_lp = lp[a][:, None]
+        pl, _ = ppo_loss(taken_lp, taken_lp.detach(), adv, 0.2, torch.ones(1))
+        kl = level_kl([lp.expand(n, -1)], [ref.expand(n, -1)]).sum(1).mean()
+        opt.zero_grad()
+        (pl + beta * kl).backward()
+        opt.step()
+    return torch.softmax(logits.detach(), 0), ref.exp(), reward
+
+
+def test_centred_leaf_reaches_the_kl_tilted_optimum() -> None:
+    """With R minus its mean and a KL weight β, PPO on samples converges to π_ref · exp(R / β)
+    (config `leaf_advantage=center`). Eq. 8's z-score does not: σ shrinks as the policy
+    concentrates, so the advantages stay O(1) and the KL cannot hold it — it collapses onto the
+    argmax of R."""
+    beta = 0.5
+    p, ref, reward = _bandit_optimum(leaf_center, beta)
+    want = ref * (reward / beta).exp()
+    want = want / want.sum()
+    torch.testing.assert_close(p, want, atol=0.02, rtol=0)
+    pz, _, _ = _bandit_optimum(leaf_zscore, beta)
+    assert pz[int(reward.argmax())].item() > 0.95  # 0.997 here, against 0.436 wanted
 
 
 @pytest.mark.parametrize(

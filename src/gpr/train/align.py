@@ -35,6 +35,7 @@ from gpr.train.arr import synthetic_requests
 from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
 from gpr.train.hepo import (
     gae,
+    leaf_center,
     leaf_zscore,
     positive_history,
     ppo_loss,
@@ -199,7 +200,8 @@ class Aligner:
             rewards = torch.cat([proc, big_r[:, None]], 1)
             v = model.hte.critic_values(h, model.embed.prefix(roll.codes[:, :n_lv]))
             adv, ret = gae(rewards, v, ac.gamma, ac.gae_lambda)
-            adv[:, -1] = leaf_zscore(big_r, roll.req)
+            leaf = leaf_zscore if ac.leaf_advantage == "zscore" else leaf_center
+            adv[:, -1] = leaf(big_r, roll.req)
         out: dict[str, float] = {
             "process_reward": float(proc.sum(1).mean()),
             **{f"adv_l{lv}_mean": float(adv[:, lv].mean()) for lv in range(adv.shape[1])},

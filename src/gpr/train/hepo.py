@@ -2,9 +2,10 @@
 
 One step: K candidates per request from the policy inside the eligible-ad trie, the simulator's
 final_value as terminal reward R (Eq. 5), process rewards per semantic level from the user's
-positive history (Eq. 6-7), GAE over the levels with the HTE critic and the z-score of R within
-the request's K at the leaf (Eq. 8), PPO-clip per level with coefficients c_l (Eq. 9), the critic's
-squared error to the returns (Eq. 10), and an optional KL to the reference model (decision).
+positive history (Eq. 6-7), GAE over the levels with the HTE critic and, at the leaf, the z-score
+of R within the request's K (Eq. 8; or R minus its mean there, `leaf_advantage=center`),
+PPO-clip per level with coefficients c_l (Eq. 9), the critic's squared error to the returns
+(Eq. 10), and an optional KL to the reference model (decision).
 
 Levels: a path has D = L + 1 decisions (L semantic codes, then the de-dup index, the leaf).
 """
@@ -64,16 +65,28 @@ def leaf_zscore(reward: torch.Tensor, group: torch.Tensor, rel_eps: float = 1e-6
     equal value, e.g. one ad sampled K times) carries no preference and gets 0.
     """
     r = reward.double()
-    n_g = int(group.max()) + 1 if len(group) else 0
-    zeros = torch.zeros(n_g, dtype=torch.float64, device=reward.device)
-    cnt = zeros.index_add(0, group, torch.ones_like(r)).clamp(min=1)
-    mean = zeros.index_add(0, group, r) / cnt
-    dev = r - mean[group]
-    std = (zeros.index_add(0, group, dev**2) / cnt).sqrt()
-    scale = zeros.index_add(0, group, r.abs()) / cnt
+    dev = r - _group_mean(r, group)[group]
+    std = _group_mean(dev**2, group).sqrt()
+    scale = _group_mean(r.abs(), group)
     flat = std <= rel_eps * scale.clamp(min=1e-12)
     z = torch.where(flat[group], 0.0, dev / std[group].clamp(min=1e-300))
     return z.to(reward.dtype)
+
+
+def leaf_center(reward: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """(R,) the terminal reward minus its mean within each request's candidates (`leaf_advantage
+    = center`): a baseline only, so R keeps its scale and, with a KL weight β, the optimum stays
+    π ∝ π_ref · exp(R / β) — for R = log final_value, π_ref · final_value^(1/β)."""
+    r = reward.double()
+    return (r - _group_mean(r, group)[group]).to(reward.dtype)
+
+
+def _group_mean(x: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
+    """(G,) mean of x (R,) over each group id 0..G-1 (0 for an empty group)."""
+    n_g = int(group.max()) + 1 if len(group) else 0
+    zeros = torch.zeros(n_g, dtype=x.dtype, device=x.device)
+    cnt = zeros.index_add(0, group, torch.ones_like(x)).clamp(min=1)
+    return zeros.index_add(0, group, x) / cnt
 
 
 def gae(
