@@ -7,7 +7,8 @@
    the logs), overall and for the simulator's argmax among those 40.
 2. For each run in --runs: the simulator's and the truth's value of the policy's top beam-search
    ad (beam 20 per head, no budgets) on 600 valid requests — what alignment optimises vs what the
-   replay pays.
+   replay pays; with --reference, the share of requests whose top ad lies inside the
+   reference run's beam union (the pool where `align.candidate_pool` trains).
 """
 
 from __future__ import annotations
@@ -69,14 +70,18 @@ def calibration(sim: Simulator, truth: Truth, rng: np.random.Generator, n: int =
 
 
 @torch.no_grad()
-def top1(run: Path, sim: Simulator, truth: Truth, n: int = 600) -> tuple[float, float]:
+def top1(
+    run: Path, sim: Simulator, truth: Truth, n: int = 600
+) -> tuple[float, float, list[np.ndarray]]:
+    """Simulator and true value (x1000) of the run's top beam ad on n valid requests, and its
+    beam union per block of requests (items (B, U), -1 padded)."""
     model, prep, _ = load_run(run)
     assert isinstance(model, GPRModel)
     model.eval()
     ctx = RequestContext(prep, sim.logs.ads, sim.logs.users)
     pos = positions_for_split(prep.journeys, prep.pred_mask, "valid")
     pos = np.sort(np.random.default_rng(0).choice(pos, min(n, len(pos)), replace=False))
-    tv, sv = [], []
+    tv, sv, unions = [], [], []
     for lo in range(0, len(pos), 100):
         req, b, el, _ = ctx.prepare(
             RequestSet(pos[lo : lo + 100]), model.cfg.max_len, model.cfg.thought_tokens
@@ -85,7 +90,14 @@ def top1(run: Path, sim: Simulator, truth: Truth, n: int = 600) -> tuple[float, 
         best, rid = items[:, 0].numpy(), ctx.request_ids(req)
         tv.append(truth.value(rid, best))
         sv.append(sim.score(rid, best[:, None]).value[:, 0])
-    return 1000 * float(np.concatenate(sv).mean()), 1000 * float(np.concatenate(tv).mean())
+        unions.append(items.numpy())
+    return 1000 * float(np.concatenate(sv).mean()), 1000 * float(np.concatenate(tv).mean()), unions
+
+
+def share_inside(unions: list[np.ndarray], ref: list[np.ndarray]) -> float:
+    """Share of the requests whose top ad is inside the reference run's beam union."""
+    hits = [(u[:, :1] == r).any(1) for u, r in zip(unions, ref, strict=True)]
+    return float(np.concatenate(hits).mean())
 
 
 def main() -> None:
@@ -93,18 +105,22 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--cache", type=Path, default=Path("out/bench"))
     ap.add_argument("--runs", type=Path, nargs="*", default=[])
+    ap.add_argument("--reference", type=Path, default=None, help="e.g. the init of the runs")
     args = ap.parse_args()
     torch.set_num_threads(1)
     world = args.cache / f"world_s{args.seed}"
     sim = Simulator(args.cache / f"cascade_s{args.seed}", world)
     truth = Truth.load(world)
     calibration(sim, truth, np.random.default_rng(0))
+    ref = top1(args.reference, sim, truth)[2] if args.reference else None
     if args.runs:
-        print("\n| run | simulator value of the top ad (x1000) | true value (x1000) |")
-        print("|---|---|---|")
+        print("\n| run | simulator value of the top ad (x1000) | true value (x1000) |", end="")
+        print(" top ad inside the reference's union |" if ref else "")
+        print("|---|---|---|" + ("---|" if ref else ""))
         for run in args.runs:
-            s, t = top1(run, sim, truth)
-            print(f"| {run} | {s:.2f} | {t:.2f} |", flush=True)
+            s, t, unions = top1(run, sim, truth)
+            inside = f" {share_inside(unions, ref):.3f} |" if ref else ""
+            print(f"| {run} | {s:.2f} | {t:.2f} |{inside}", flush=True)
 
 
 if __name__ == "__main__":
