@@ -225,9 +225,9 @@ class AlignConfig(_Strict):
     # the terminal reward: final_value (Eq. 5) or its log. With the log and a KL weight β to the
     # reference, the optimum of E[R] - β KL is π ∝ π_ref · final_value^(1/β) (docs/alignment.md)
     reward: Literal["value", "log_value"] = "value"
-    # HEPO's leaf advantage: Eq. 8's z-score of R within the request's K (which rescales R by its
-    # spread, so the exponent above becomes 1/(β·σ)), or R minus its mean there (`center`: the
-    # optimum stays π_ref · v^(1/β))
+    # HEPO's leaf advantage: Eq. 8's z-score of R within the request's K (its spread shrinks as
+    # the policy concentrates, so no KL holds it: it collapses onto the argmax), or R minus its
+    # mean there (`center`: the optimum above, π_ref · v^(1/β), holds)
     leaf_advantage: Literal["zscore", "center"] = "zscore"
     # DPO
     dpo_beta: float = Field(0.1, gt=0)
