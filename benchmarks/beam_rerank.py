@@ -35,6 +35,7 @@ import torch
 from gpr.config import GprConfig
 from gpr.eval.retrieval import retrieval_metrics
 from gpr.model.journey import SPLIT_CODE, I
+from gpr.threads import set_threads
 from gpr.tokenizer.collab import with_collab
 from gpr.tokenizer.embed import embed_items
 from gpr.train.mtp import eval_positions, generate_ranked, load_run
@@ -81,7 +82,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model, prep, info = load_run(args.run)
     cfg = GprConfig.model_validate(info["config"])
     j = prep.journeys

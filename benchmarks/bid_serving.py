@@ -46,6 +46,7 @@ from gpr.config import load_config  # noqa: E402
 from gpr.eval.policy import Ranked, RequestBatch  # noqa: E402
 from gpr.eval.simulate import SimData, simulate  # noqa: E402
 from gpr.serve.policy import GenerativePolicy, bid_tilted  # noqa: E402
+from gpr.threads import set_threads  # noqa: E402
 from gpr.train.cascade.serve import CascadePolicy  # noqa: E402
 from gpr.train.simulator import Simulator  # noqa: E402
 
@@ -103,7 +104,7 @@ def replay(job: Job) -> tuple[str, dict[str, Any]]:
     """One replay in a worker process: (work, cache, stage, w, seed, split, judge) -> (key,
     metrics)."""
     work, cache, stage, w, seed, split, judge = job
-    torch.set_num_threads(1)
+    set_threads(1)
     data = SimData.load(Path(cache) / f"world_s{seed}")
     t0 = time.perf_counter()
     pol = load_policy(work, cache, seed, stage, w, data, judge)

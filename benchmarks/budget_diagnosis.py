@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bid_serving import CASCADE, load_policy  # noqa: E402
 
 from gpr.eval.simulate import SimData, business_metrics, replay  # noqa: E402
+from gpr.threads import set_threads  # noqa: E402
 
 
 def one(job: tuple[str, str, int, str, float, str, bool]) -> dict[str, Any]:
     work, cache, seed, stage, w, split, budgets = job
-    torch.set_num_threads(1)
+    set_threads(1)
     data = SimData.load(Path(cache) / f"world_s{seed}")
     ads = data.ads
     if not budgets:  # in place: the replay and the eligibility mask read this array

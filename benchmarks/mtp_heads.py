@@ -15,6 +15,7 @@ import torch
 
 from gpr.config import GprConfig
 from gpr.model.gpr import GPRModel
+from gpr.threads import set_threads
 from gpr.train.mtp import eval_positions, evaluate, load_run
 
 KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
@@ -28,7 +29,7 @@ def main() -> None:
     ap.add_argument("--heads", nargs="+", type=int, default=[1])
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     model, prep, info = load_run(args.run)
     if not isinstance(model, GPRModel):
         raise SystemExit(f"{args.run}: a {info['model']} run has no MTP heads")

@@ -22,6 +22,7 @@ import torch
 from gpr.eval.eligibility import eligible_mask
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import positions_for_split
+from gpr.threads import set_threads
 from gpr.train.mtp import load_run
 from gpr.train.rollout import RequestContext, RequestSet
 from gpr.train.simulator import Simulator
@@ -107,7 +108,7 @@ def main() -> None:
     ap.add_argument("--runs", type=Path, nargs="*", default=[])
     ap.add_argument("--reference", type=Path, default=None, help="e.g. the init of the runs")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    set_threads(1)
     world = args.cache / f"world_s{args.seed}"
     sim = Simulator(args.cache / f"cascade_s{args.seed}", world)
     truth = Truth.load(world)

@@ -22,6 +22,7 @@ from torch.profiler import ProfilerActivity, profile
 
 from gpr.config import load_config
 from gpr.model.journey import Batch, make_windows, positions_for_split
+from gpr.threads import set_threads
 from gpr.train.mtp import (
     SPLIT_CODE,
     build_model,
@@ -114,7 +115,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     dev = torch.device(args.device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
     print(f"# {name}, torch {torch.__version__}, {args.data}")

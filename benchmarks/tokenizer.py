@@ -29,6 +29,7 @@ import torch
 
 from gpr.config import GprConfig, TokenizerConfig, load_config
 from gpr.data.amazon import import_amazon
+from gpr.threads import set_threads
 from gpr.tokenizer import build_tokenizer
 from gpr.tokenizer.embed import embed_items
 from gpr.tokenizer.methods import resolve_device
@@ -131,7 +132,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     cfg = load_config(args.preset, overrides=args.overrides, seed=args.seed)
     tc = cfg.tokenizer
     dev = resolve_device(tc.device)

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from gpr.config import load_config
+from gpr.threads import set_threads
 from gpr.tokenizer.pipeline import run_compare
 
 METHODS = ("rq_kmeans", "rq_vae", "rq_kmeans_plus")
@@ -40,7 +40,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args()
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     for pair in args.data:
         name, path = pair.split("=", 1)
         runs = [rows_for(name, Path(path), s, args.preset, args.work) for s in args.seeds]

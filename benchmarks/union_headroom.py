@@ -36,6 +36,7 @@ from gpr.eval.eligibility import eligible_mask  # noqa: E402
 from gpr.eval.policy import Oracle, RequestBatch  # noqa: E402
 from gpr.eval.simulate import SimData  # noqa: E402
 from gpr.serve.policy import GenerativePolicy, ad_bids, bid_tilted  # noqa: E402
+from gpr.threads import set_threads  # noqa: E402
 from gpr.train.cascade.serve import CascadePolicy  # noqa: E402
 from gpr.train.simulator import Simulator  # noqa: E402
 
@@ -50,7 +51,7 @@ def value_of(tv: np.ndarray, batch: RequestBatch, ads: np.ndarray) -> np.ndarray
 
 
 def seed_rows(args: argparse.Namespace, seed: int) -> dict[str, float]:
-    torch.set_num_threads(1)
+    set_threads(1)
     wdir = args.cache / f"world_s{seed}"
     data = SimData.load(wdir)
     j, ads = data.journeys, data.ads

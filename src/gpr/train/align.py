@@ -31,6 +31,7 @@ from gpr.io import atomic_dir, write_json
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch, positions_for_split
 from gpr.model.trie import Trie
+from gpr.threads import set_threads
 from gpr.train.arr import synthetic_requests
 from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
 from gpr.train.hepo import (
@@ -255,7 +256,7 @@ def align(
     """Run DPO or HEPO from `init`; writes a run directory atomically (see module docstring)."""
     t0 = time.perf_counter()
     if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+        set_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     al = Aligner(Path(init), Path(simulator), cfg, stage, arr)
     ac: AlignConfig = cfg.align

@@ -37,6 +37,7 @@ from gpr.model.gpr import GPRModel
 from gpr.model.hte import SIDE_FEATURES
 from gpr.model.journey import positions_for_split
 from gpr.serve.policy import ad_bids, hte_side_features
+from gpr.threads import set_threads
 from gpr.train.mtp import load_run
 from gpr.train.rollout import RequestContext, RequestSet
 from gpr.train.simulator import Simulator
@@ -135,7 +136,7 @@ def distill_hte(
     """Refit HTE's pCTR / pCVR heads of run `init` to the simulator; a new run in `out`."""
     t0 = time.perf_counter()
     if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+        set_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     model, prep, info = load_run(init)
     if not isinstance(model, GPRModel) or model.hte is None:

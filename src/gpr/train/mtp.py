@@ -45,6 +45,7 @@ from gpr.model.journey import (
 )
 from gpr.model.thoughts import cached_topic_table, item_topics, topic_table, window_thoughts
 from gpr.model.trie import Trie
+from gpr.threads import set_threads
 from gpr.tokenizer.embed import CACHE_DIR, MINILM_MODEL, embed_items, minilm_encoder
 
 MODELS = ("gpr", "hstu", "tiger", "sasrec")
@@ -270,7 +271,7 @@ def train(
     t0 = time.perf_counter()
     tc = cfg.train
     if tc.threads:
-        torch.set_num_threads(tc.threads)
+        set_threads(tc.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     init_info = read_json(Path(init) / "run.json") if init is not None else None

@@ -30,7 +30,8 @@ import torch
 from gpr.errors import GprInputError
 from gpr.eval.eligibility import eligible_mask
 from gpr.eval.history import LogData
-from gpr.train.cascade.features import ENV_SIZES, request_features, torch_threads
+from gpr.threads import limit_threads
+from gpr.train.cascade.features import ENV_SIZES, request_features
 from gpr.train.cascade.serve import load_cascade
 
 
@@ -71,7 +72,7 @@ class Simulator:
         if items.ndim != 2 or len(items) != len(request_ids):
             raise GprInputError("items must be (B, K) for B requests", field="items")
         out = [np.zeros(items.shape) for _ in range(3)] + [np.ones(items.shape, dtype=bool)]
-        with torch_threads(self.c.cfg.threads):
+        with limit_threads(self.c.cfg.threads):
             for lo in range(0, len(items), chunk):
                 sl = slice(lo, lo + chunk)
                 e = None if env is None else env[sl]

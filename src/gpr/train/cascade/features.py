@@ -25,8 +25,6 @@ Ids are shifted by one so that 0 is padding everywhere.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -169,18 +167,6 @@ class Requests:
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.__dict__.items()}
-
-
-@contextlib.contextmanager
-def torch_threads(n: int | None) -> Iterator[None]:
-    """Run a block with n torch intra-op threads, restoring the previous setting after."""
-    old = torch.get_num_threads()
-    if n is not None:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def _gap_bucket(seconds: np.ndarray) -> np.ndarray:

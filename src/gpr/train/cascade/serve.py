@@ -13,9 +13,10 @@ from gpr.errors import GprInputError
 from gpr.eval.history import LogData
 from gpr.eval.policy import Ranked, RequestBatch
 from gpr.io import file_sha256, read_json
+from gpr.threads import limit_threads
 from gpr.train.cascade.auction import run_auction
 from gpr.train.cascade.config import CascadeConfig
-from gpr.train.cascade.features import Catalog, request_features, torch_threads
+from gpr.train.cascade.features import Catalog, request_features
 from gpr.train.cascade.ranking import RankingModel
 from gpr.train.cascade.retrieval import RetrievalModel
 
@@ -67,7 +68,7 @@ class CascadePolicy:
             self.ad_vec = self.c.retrieval.ad_vec(torch.arange(self.logs.ads.n))
 
     def rank(self, batch: RequestBatch) -> Ranked:
-        with torch_threads(self.c.cfg.threads), torch.no_grad():
+        with limit_threads(self.c.cfg.threads), torch.no_grad():
             return self._rank(batch)
 
     def _rank(self, batch: RequestBatch) -> Ranked:

@@ -29,8 +29,9 @@ from gpr.eval.eligibility import eligible_mask
 from gpr.eval.history import LogData
 from gpr.eval.metrics import auc, gauc
 from gpr.io import atomic_dir, file_sha256, write_json
+from gpr.threads import limit_threads
 from gpr.train.cascade.config import CascadeConfig
-from gpr.train.cascade.features import Catalog, Requests, request_features, torch_threads
+from gpr.train.cascade.features import Catalog, Requests, request_features
 from gpr.train.cascade.intent import train_intent
 from gpr.train.cascade.ranking import RankingModel, esmm_loss
 from gpr.train.cascade.retrieval import RetrievalModel
@@ -288,7 +289,7 @@ def train_cascade(
     valid = impressions(logs, cat, "valid", cfg)
     if len(train) == 0 or train.click.sum() == 0:
         raise GprInputError("no clicked impressions on the train days", file=data_dir)
-    with atomic_dir(out) as tmp, torch_threads(cfg.threads):
+    with atomic_dir(out) as tmp, limit_threads(cfg.threads):
         log = tmp / "metrics.jsonl"
         ranking = RankingModel(cat, n_users, cfg)
         i_meta: dict[str, Any] = {}
@@ -339,5 +340,5 @@ def evaluate_ranking(
     imp = impressions(logs, c.cat, split, c.cfg)
     if len(imp) == 0:
         raise GprInputError(f"no impressions in split '{split}'", field="split")
-    with torch_threads(c.cfg.threads):
+    with limit_threads(c.cfg.threads):
         return {**ranking_metrics(c.ranking, imp), "split": split}
