@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -71,18 +72,16 @@ def calibration(sim: Simulator, truth: Truth, rng: np.random.Generator, n: int =
 
 
 @torch.no_grad()
-def top1(
-    run: Path, sim: Simulator, truth: Truth, n: int = 600
-) -> tuple[float, float, list[np.ndarray]]:
-    """Simulator and true value (x1000) of the run's top beam ad on n valid requests, and its
-    beam union per block of requests (items (B, U), -1 padded)."""
+def top1(run: Path, sim: Simulator, truth: Truth, n: int = 600) -> tuple[Top, list[np.ndarray]]:
+    """The run's top beam ad on n valid requests (`Top`), and its beam union per block of
+    requests (items (B, U), -1 padded)."""
     model, prep, _ = load_run(run)
     assert isinstance(model, GPRModel)
     model.eval()
     ctx = RequestContext(prep, sim.logs.ads, sim.logs.users)
     pos = positions_for_split(prep.journeys, prep.pred_mask, "valid")
     pos = np.sort(np.random.default_rng(0).choice(pos, min(n, len(pos)), replace=False))
-    tv, sv, unions = [], [], []
+    tv, sv, unions, bids, ctcvr = [], [], [], [], []
     for lo in range(0, len(pos), 100):
         req, b, el, _ = ctx.prepare(
             RequestSet(pos[lo : lo + 100]), model.cfg.max_len, model.cfg.thought_tokens
@@ -92,7 +91,26 @@ def top1(
         tv.append(truth.value(rid, best))
         sv.append(sim.score(rid, best[:, None]).value[:, 0])
         unions.append(items.numpy())
-    return 1000 * float(np.concatenate(sv).mean()), 1000 * float(np.concatenate(tv).mean()), unions
+        bids.append(np.log(sim.logs.ads.bid[sim.logs.ads.index_of(best)]))
+        ctcvr.append(truth.pctr(rid, best) * truth.pcvr(rid, best))
+    top = Top(
+        1000 * float(np.concatenate(sv).mean()),
+        1000 * float(np.concatenate(tv).mean()),
+        float(np.concatenate(bids).mean()),
+        1000 * float(np.concatenate(ctcvr).mean()),
+    )
+    return top, unions
+
+
+@dataclass
+class Top:
+    """Means over the requests of the top ad's simulator and true value, log bid and true pCTR x
+    pCVR (values x1000)."""
+
+    sim: float
+    truth: float
+    log_bid: float
+    true_ctcvr: float
 
 
 def share_inside(unions: list[np.ndarray], ref: list[np.ndarray]) -> float:
@@ -113,15 +131,17 @@ def main() -> None:
     sim = Simulator(args.cache / f"cascade_s{args.seed}", world)
     truth = Truth.load(world)
     calibration(sim, truth, np.random.default_rng(0))
-    ref = top1(args.reference, sim, truth)[2] if args.reference else None
+    ref = top1(args.reference, sim, truth)[1] if args.reference else None
     if args.runs:
-        print("\n| run | simulator value of the top ad (x1000) | true value (x1000) |", end="")
+        print("\n| run | simulator value of the top ad (x1000) | true value (x1000) ", end="")
+        print("| its log bid | its true pCTR x pCVR (x1000) |", end="")
         print(" top ad inside the reference's union |" if ref else "")
-        print("|---|---|---|" + ("---|" if ref else ""))
+        print("|---|---|---|---|---|" + ("---|" if ref else ""))
         for run in args.runs:
-            s, t, unions = top1(run, sim, truth)
+            t, unions = top1(run, sim, truth)
             inside = f" {share_inside(unions, ref):.3f} |" if ref else ""
-            print(f"| {run} | {s:.2f} | {t:.2f} |{inside}", flush=True)
+            row = f"| {run} | {t.sim:.2f} | {t.truth:.2f} | {t.log_bid:.3f} | {t.true_ctcvr:.3f} |"
+            print(row + inside, flush=True)
 
 
 if __name__ == "__main__":
