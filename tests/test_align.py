@@ -406,6 +406,16 @@ def test_terminal_reward_value_and_log_value() -> None:
     stub.ac, stub.reward_scale = cfg.align.model_copy(update={"reward": "log_value"}), None
     r = Aligner.terminal_reward(stub, np.array([math.e, math.e**3]))  # log: 1, 3; mean 2
     torch.testing.assert_close(r, torch.tensor([-1.0, 1.0]))
+    # per ad: ad 0 (item 50) has mean log value 3, ad 1 (item 70) 0 -> 1 - 3 = -2, 3 - 0 = 3,
+    # 3 - 3 = 0; their mean 1/3 is the first running mean
+    ads = type("A", (), {"index_of": staticmethod(lambda i: np.where(np.asarray(i) == 50, 0, 1))})
+    stub.sim = type("S", (), {"logs": type("L", (), {"ads": ads})})
+    stub.ac, stub.reward_scale = cfg.align.model_copy(update={"reward": "log_value_per_ad"}), None
+    stub.ad_log_mean = np.array([3.0, 0.0])
+    r = Aligner.terminal_reward(
+        stub, np.array([math.e, math.e**3, math.e**3]), np.array([50, 70, 50])
+    )
+    torch.testing.assert_close(r, torch.tensor([-2.0, 3.0, 0.0]) - 1 / 3)
 
 
 # --- ARR ---------------------------------------------------------------------------------------

@@ -224,7 +224,11 @@ class AlignConfig(_Strict):
     support: bool = False  # rewards only inside the cascade retrieval's top-k (simulator.py)
     # the terminal reward: final_value (Eq. 5) or its log. With the log and a KL weight β to the
     # reference, the optimum of E[R] - β KL is π ∝ π_ref · final_value^(1/β) (docs/alignment.md)
-    reward: Literal["value", "log_value"] = "value"
+    reward: Literal["value", "log_value", "log_value_per_ad"] = "value"
+    # log_value_per_ad: log final_value minus that ad's mean log final_value over
+    # `ad_baseline_requests` train requests, so a per-ad constant (the bid, say) earns nothing
+    # and only what differs between requests is rewarded (stages_analysis.md §10)
+    ad_baseline_requests: int = Field(256, ge=1)
     # HEPO's leaf advantage: Eq. 8's z-score of R within the request's K (its spread shrinks as
     # the policy concentrates, so no KL holds it: it collapses onto the argmax), or R minus its
     # mean there (`center`: the optimum above, π_ref · v^(1/β), holds)

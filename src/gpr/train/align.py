@@ -58,6 +58,13 @@ from gpr.train.simulator import Simulator
 STAGES = ("dpo", "hepo")
 
 
+def ad_log_value_mean(sim: Simulator, request_ids: np.ndarray, chunk: int = 16) -> np.ndarray:
+    """(A,) each ad's mean log final_value (simulator) over the given requests."""
+    items = np.broadcast_to(sim.logs.ads.item_id, (len(request_ids), sim.logs.ads.n))
+    value = sim.score(np.asarray(request_ids), np.ascontiguousarray(items), chunk=chunk).value
+    return log_value(value).mean(0)
+
+
 class Aligner:
     """State of one alignment run: policy, frozen reference, simulator, request pools."""
 
@@ -91,6 +98,10 @@ class Aligner:
             raise GprInputError("no train or valid requests to align on", field="split")
         self.opt = torch.optim.AdamW(model.parameters(), lr=self.ac.lr, weight_decay=0.0)
         self.reward_scale: float | None = None
+        self.ad_log_mean: np.ndarray | None = None  # (A,) for reward=log_value_per_ad
+        if self.ac.reward == "log_value_per_ad":
+            pick = self.rng.choice(self.train_pos, self.ac.ad_baseline_requests)
+            self.ad_log_mean = ad_log_value_mean(self.sim, self.ctx.request_ids(RequestSet(pick)))
         n_lv = prep.sids.levels
         if len(self.ac.process_alpha) != n_lv:
             raise GprInputError(
@@ -191,7 +202,7 @@ class Aligner:
         ac, model = self.ac, self.model
         assert model.hte is not None
         n_lv = self.prep.sids.levels
-        big_r = self.terminal_reward(value)
+        big_r = self.terminal_reward(value, roll.item.numpy())
         with torch.no_grad():
             lps, legal, h = level_dists(model, b, self.trie, counts, roll)
             old = taken(lps, roll.codes)
@@ -221,14 +232,19 @@ class Aligner:
         out["clip_frac"] = float(frac)
         return out
 
-    def terminal_reward(self, value: np.ndarray) -> torch.Tensor:
+    def terminal_reward(self, value: np.ndarray, items: np.ndarray | None = None) -> torch.Tensor:
         """R of each rollout: final_value / its running mean (EMA 0.9), or with `reward=log_value`
-        log final_value minus its running mean; either way the critic's targets stay O(1)."""
-        r = log_value(value) if self.ac.reward == "log_value" else np.asarray(value, np.float64)
+        log final_value minus its running mean; either way the critic's targets stay O(1).
+        `log_value_per_ad` also subtracts each ad's (`items`) mean log final_value first."""
+        kind = self.ac.reward
+        r = np.asarray(value, np.float64) if kind == "value" else log_value(value)
+        if kind == "log_value_per_ad":
+            assert self.ad_log_mean is not None and items is not None
+            r = r - self.ad_log_mean[self.sim.logs.ads.index_of(items)]
         mean = float(r.mean())
         ema = self.reward_scale
         self.reward_scale = mean if ema is None else 0.9 * ema + 0.1 * mean
-        if self.ac.reward == "log_value":
+        if kind != "value":
             return torch.from_numpy(r - self.reward_scale).float()
         return torch.from_numpy(r).float() / max(self.reward_scale, 1e-12)
 
