@@ -24,7 +24,7 @@ from gpr.model.gpr import GPRModel
 from gpr.model.hte import SIDE_FEATURES
 from gpr.model.journey import Batch, E, I, Journeys, O, U, positions_for_split
 from gpr.train import mtp
-from gpr.train.align import Aligner
+from gpr.train.align import Aligner, ad_log_value_mean
 from gpr.train.arr import synthetic_requests
 from gpr.train.cascade.train import train_cascade
 from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
@@ -612,6 +612,31 @@ def _aligner(runs: tuple[Path, Path], stage: str) -> Aligner:
     cfg = load_config("tiny", overrides=["align.lr=0.003", "align.kl_weight=0"])
     torch.manual_seed(cfg.seed)
     return Aligner(runs[0], runs[1], cfg, stage)
+
+
+def test_per_ad_baseline_is_each_ads_mean_log_value(runs: tuple[Path, Path]) -> None:
+    """reward=log_value_per_ad: the baseline of an ad is its mean log simulator value over the
+    sampled train requests; a HEPO step runs with it and the centred leaf."""
+    cfg = load_config(
+        "tiny",
+        overrides=[
+            "align.reward=log_value_per_ad",
+            "align.ad_baseline_requests=5",
+            "align.leaf_advantage=center",
+        ],
+    )
+    al = Aligner(runs[0], runs[1], cfg, "hepo")
+    assert al.ad_log_mean is not None and al.ad_log_mean.shape == (al.sim.logs.ads.n,)
+    assert np.isfinite(al.ad_log_mean).all()
+    rid = al.ctx.request_ids(RequestSet(np.random.default_rng(0).choice(al.train_pos, 5)))
+    ads = al.sim.logs.ads
+    some = np.array([0, ads.n // 2, ads.n - 1])
+    value = al.sim.score(rid, np.broadcast_to(ads.item_id[some], (5, 3)).copy()).value
+    mean = ad_log_value_mean(al.sim, rid, chunk=2)
+    np.testing.assert_allclose(mean[some], log_value(value).mean(0), rtol=1e-5)
+    row = al.step()
+    assert abs(row[f"adv_l{al.trie.depth - 1}_mean"]) < 1e-5  # centred within each request
+    assert math.isfinite(row["policy_loss"])
 
 
 def test_candidate_pool_samples_only_the_reference_beam(runs: tuple[Path, Path]) -> None:

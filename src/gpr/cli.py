@@ -305,10 +305,15 @@ def simulate_cmd(
         list[str] | None,
         typer.Option("--set", help="serving override of a run: serve.field=value"),
     ] = None,
+    threads: Annotated[
+        int, typer.Option("--threads", help="torch and BLAS threads; 0 = their defaults")
+    ] = 1,
 ) -> None:
     """Replay a split's requests: the policy chooses, the hidden truth scores (RPM, CTCVR...)."""
     from gpr.eval.simulate import simulate_spec
+    from gpr.threads import set_threads
 
+    set_threads(threads or None)
     res = simulate_spec(policy, data, split, out, batch_size, max_requests, seed, sets)
     _print_json({k: v for k, v in res.items() if k != "segments"})
 
