@@ -29,6 +29,9 @@ app.add_typer(data_app, name="data")
 data_app.add_typer(import_app, name="import")
 console = Console(stderr=True)
 
+ThreadsOpt = Annotated[
+    int, typer.Option("--threads", help="torch and BLAS threads; 0 = their defaults")
+]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="tiny | small | base | large")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of config fields")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: section.field=value")]
@@ -268,9 +271,13 @@ def eval_cmd(
         bool, typer.Option("--value", help="ad world: nDCG / OPR / final_value over K candidates")
     ] = False,
     k: Annotated[int, typer.Option("--k", help="--value: candidates per request")] = 40,
+    threads: ThreadsOpt = 1,
 ) -> None:
     """Generative runs: Recall/NDCG@5,10, HitRate@100. Cascade runs: ranking AUC / GAUC."""
     from gpr.io import read_json, write_json
+    from gpr.threads import set_threads
+
+    set_threads(threads or None)
 
     info = read_json(run / "run.json")
     if value:
@@ -305,9 +312,7 @@ def simulate_cmd(
         list[str] | None,
         typer.Option("--set", help="serving override of a run: serve.field=value"),
     ] = None,
-    threads: Annotated[
-        int, typer.Option("--threads", help="torch and BLAS threads; 0 = their defaults")
-    ] = 1,
+    threads: ThreadsOpt = 1,
 ) -> None:
     """Replay a split's requests: the policy chooses, the hidden truth scores (RPM, CTCVR...)."""
     from gpr.eval.simulate import simulate_spec
