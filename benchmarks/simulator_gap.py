@@ -71,6 +71,17 @@ def calibration(sim: Simulator, truth: Truth, rng: np.random.Generator, n: int =
     )
 
 
+@dataclass
+class Top:
+    """Means over the requests of the top ad's simulator and true value, log bid and true pCTR x
+    pCVR (values x1000)."""
+
+    sim: float
+    truth: float
+    log_bid: float
+    true_ctcvr: float
+
+
 @torch.no_grad()
 def top1(run: Path, sim: Simulator, truth: Truth, n: int = 600) -> tuple[Top, list[np.ndarray]]:
     """The run's top beam ad on n valid requests (`Top`), and its beam union per block of
@@ -102,17 +113,6 @@ def top1(run: Path, sim: Simulator, truth: Truth, n: int = 600) -> tuple[Top, li
     return top, unions
 
 
-@dataclass
-class Top:
-    """Means over the requests of the top ad's simulator and true value, log bid and true pCTR x
-    pCVR (values x1000)."""
-
-    sim: float
-    truth: float
-    log_bid: float
-    true_ctcvr: float
-
-
 def share_inside(unions: list[np.ndarray], ref: list[np.ndarray]) -> float:
     """Share of the requests whose top ad is inside the reference run's beam union."""
     hits = [(u[:, :1] == r).any(1) for u, r in zip(unions, ref, strict=True)]
@@ -131,14 +131,16 @@ def main() -> None:
     sim = Simulator(args.cache / f"cascade_s{args.seed}", world)
     truth = Truth.load(world)
     calibration(sim, truth, np.random.default_rng(0))
-    ref = top1(args.reference, sim, truth)[1] if args.reference else None
+    wanted = [r for r in dict.fromkeys([*args.runs, args.reference]) if r is not None]
+    done = {run: top1(run, sim, truth) for run in wanted}  # the reference once, even if in --runs
+    ref = done[args.reference][1] if args.reference else None
     if args.runs:
         print("\n| run | simulator value of the top ad (x1000) | true value (x1000) ", end="")
         print("| its log bid | its true pCTR x pCVR (x1000) |", end="")
         print(" top ad inside the reference's union |" if ref else "")
         print("|---|---|---|---|---|" + ("---|" if ref else ""))
         for run in args.runs:
-            t, unions = top1(run, sim, truth)
+            t, unions = done[run]
             inside = f" {share_inside(unions, ref):.3f} |" if ref else ""
             row = f"| {run} | {t.sim:.2f} | {t.truth:.2f} | {t.log_bid:.3f} | {t.true_ctcvr:.3f} |"
             print(row + inside, flush=True)

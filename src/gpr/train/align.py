@@ -99,7 +99,7 @@ class Aligner:
         self.opt = torch.optim.AdamW(model.parameters(), lr=self.ac.lr, weight_decay=0.0)
         self.reward_scale: float | None = None
         self.ad_log_mean: np.ndarray | None = None  # (A,) for reward=log_value_per_ad
-        if self.ac.reward == "log_value_per_ad":
+        if stage == "hepo" and self.ac.reward == "log_value_per_ad":  # DPO ranks raw values
             pick = self.rng.choice(self.train_pos, self.ac.ad_baseline_requests)
             self.ad_log_mean = ad_log_value_mean(self.sim, self.ctx.request_ids(RequestSet(pick)))
         n_lv = prep.sids.levels
@@ -271,8 +271,7 @@ def align(
 ) -> dict[str, Any]:
     """Run DPO or HEPO from `init`; writes a run directory atomically (see module docstring)."""
     t0 = time.perf_counter()
-    if cfg.train.threads:
-        set_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     al = Aligner(Path(init), Path(simulator), cfg, stage, arr)
     ac: AlignConfig = cfg.align

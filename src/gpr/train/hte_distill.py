@@ -135,8 +135,7 @@ def distill_hte(
 ) -> dict[str, Any]:
     """Refit HTE's pCTR / pCVR heads of run `init` to the simulator; a new run in `out`."""
     t0 = time.perf_counter()
-    if cfg.train.threads:
-        set_threads(cfg.train.threads)
+    set_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
     model, prep, info = load_run(init)
     if not isinstance(model, GPRModel) or model.hte is None:

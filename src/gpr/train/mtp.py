@@ -270,8 +270,7 @@ def train(
     """
     t0 = time.perf_counter()
     tc = cfg.train
-    if tc.threads:
-        set_threads(tc.threads)
+    set_threads(tc.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     init_info = read_json(Path(init) / "run.json") if init is not None else None
