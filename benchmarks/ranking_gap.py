@@ -9,7 +9,12 @@ On each seed's test impressions (worlds and cascade runs as benchmarks/business.
 - the least-squares coefficients of the ranker's logit on the true terms (1.0 = fully captured);
 - what an observer who knew each user exactly (interests, weights, offset) could do with the
   session: the truth with its session term replaced by its Bayes posterior mean given the
-  subtopics of the session's earlier views, and by its prior mean (no views).
+  subtopics of the session's earlier views, and by its prior mean (no views);
+- with `--glm`: an L2 logistic regression fitted on the train impressions over the wide part's
+  inputs (the 20 match features + scene/slot/device/hour one-hots), alone, with the observable
+  session-topic features (topics.py), and with one oracle column from the truth (the prior or
+  posterior mean above, or the exact session term): how far the ranker's inputs could go if it
+  knew the hidden user model.
 Diagnostics only: the truth is read here, never by a model.
 """
 
@@ -27,9 +32,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from gpr.eval.history import LogData
 from gpr.eval.metrics import auc
 from gpr.eval.simulate import SimData
-from gpr.train.cascade.features import session_views
+from gpr.train.cascade.config import cascade_config
+from gpr.train.cascade.features import (
+    ENV_SIZES,
+    N_MATCH,
+    Catalog,
+    FeatureEmbedder,
+    match_features,
+    session_views,
+)
 from gpr.train.cascade.serve import Cascade, load_cascade
 from gpr.train.cascade.train import Impressions, impressions, predict
 from gpr.world.response import session_latent, view_subtopic_logits
@@ -80,9 +94,87 @@ def session_bayes(
     return (post * aff).sum(1), (prior * aff).sum(1)
 
 
-def ranker_fit(c: Cascade, imp: Impressions, x: np.ndarray, session: np.ndarray) -> dict[str, Any]:
+def _bayes_terms(data: SimData, cat: Catalog, imp: Impressions) -> dict[str, np.ndarray]:
+    """The session term, its posterior and prior means (session_bayes) for impressions."""
+    logs, t = data.logs, data.truth
+    req, item = logs.journeys.request[imp.pos], logs.ads.item_id[imp.ad]
+    r = {k: torch.from_numpy(v) for k, v in (("o_item", imp.req.o_item), ("o_gap", imp.req.o_gap))}
+    view_sub = np.where(
+        session_views(r).numpy(), cat.subtopic[imp.req.o_item.astype(np.int64)] - 1, -1
+    )
+    organic = logs.items.column("kind").to_numpy(zero_copy_only=False) != "ad"
+    organic_sub = logs.items.column("subtopic").to_numpy()[organic]
+    post, prior = session_bayes(t, req, item, view_sub, organic_sub)
+    return {"session": t.ctr_terms(req, item)["session"], "posterior": post, "prior": prior}
+
+
+def _logistic(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> np.ndarray:
+    """L2 logistic regression by L-BFGS; returns weights with the bias last."""
+    xt = torch.from_numpy(np.c_[x, np.ones(len(x))]).double()
+    yt = torch.from_numpy(y).double()
+    w = torch.zeros(xt.shape[1], dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(xt @ w, yt)
+        loss = loss + l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)  # type: ignore[arg-type]
+    return w.detach().numpy()
+
+
+GLM_ROWS = (
+    "inputs",
+    "inputs + session topics",
+    "inputs + prior",
+    "inputs + posterior",
+    "inputs + session term",
+)
+
+
+def glm_oracles(data: SimData) -> dict[str, float]:
+    """Test AUC of L2 logistic regressions on the ranker's wide inputs, with and without the
+    session-topic features and one truth column each (train impressions fit them)."""
+    cfg = cascade_config("small")
+    cat = Catalog.from_logs(data.logs, session_topics=True)
+    emb = FeatureEmbedder(cat, len(data.logs.users.age_band), 4, 0.0)
+    split: dict[str, dict[str, np.ndarray]] = {}
+    for name in ("train", "test"):
+        imp = impressions(data.logs, cat, name, cfg)
+        with torch.no_grad():
+            m = match_features(emb, imp.req.tensors(), torch.from_numpy(imp.ad)[:, None])
+        env = [np.eye(n)[imp.req.env[:, i]] for i, n in enumerate(ENV_SIZES)]
+        split[name] = {
+            "m": m[:, 0].numpy(),
+            "env": np.concatenate(env, 1),
+            "y": imp.click,
+            **_bayes_terms(data, cat, imp),
+        }
+    mu, sd = split["train"]["m"].mean(0), split["train"]["m"].std(0) + 1e-6
+
+    def design(d: dict[str, np.ndarray], row: str) -> np.ndarray:
+        width = None if row == "inputs + session topics" else N_MATCH
+        x = [((d["m"] - mu) / sd)[:, :width], d["env"]]
+        oracle = row.removeprefix("inputs + ").removesuffix(" term")
+        if oracle in ("prior", "posterior", "session"):
+            x.append(d[oracle][:, None])
+        return np.concatenate(x, 1)
+
+    out = {}
+    for row in GLM_ROWS:
+        w = _logistic(design(split["train"], row), split["train"]["y"])
+        out[row] = auc(split["test"]["y"], design(split["test"], row) @ w[:-1] + w[-1])
+    return out
+
+
+def ranker_fit(c: Cascade, logs: LogData, x: np.ndarray, session: np.ndarray) -> dict[str, Any]:
     """The ranker's test AUC, the least-squares fit of its logit on the true terms x, and (when
-    it has one) the correlation of its session-intent feature with the true session term."""
+    it has one) the correlation of its session-intent feature with the true session term. The
+    test impressions are featurised with the cascade's own catalogue (its session topics)."""
+    imp = impressions(logs, c.cat, "test", c.cfg)
     ours = _logit(predict(c.ranking, imp)[0])
     coef, *_ = np.linalg.lstsq(x, ours, rcond=None)
     out: dict[str, Any] = {
@@ -113,7 +205,7 @@ def paired_auc_sd(
     return float(np.std(stats))
 
 
-def run_seed(seed: int, cache: Path, runs: list[str]) -> dict[str, Any]:
+def run_seed(seed: int, cache: Path, runs: list[str], glm: bool = False) -> dict[str, Any]:
     data = SimData.load(cache / f"world_s{seed}")
     logs, t = data.logs, data.truth
     cascades = [load_cascade(Path(run.format(seed=seed)), logs) for run in runs]
@@ -130,7 +222,7 @@ def run_seed(seed: int, cache: Path, runs: list[str]) -> dict[str, Any]:
     organic_sub = logs.items.column("subtopic").to_numpy()[organic]
     post, prior = session_bayes(t, req, item, view_sub, organic_sub)
     fits = {
-        run: ranker_fit(c, imp, x, terms["session"]) for run, c in zip(runs, cascades, strict=True)
+        run: ranker_fit(c, logs, x, terms["session"]) for run, c in zip(runs, cascades, strict=True)
     }
     first = fits[runs[0]]["logit"]
     for fit in fits.values():  # paired bootstrap of the AUC difference to the first ranker
@@ -144,6 +236,7 @@ def run_seed(seed: int, cache: Path, runs: list[str]) -> dict[str, Any]:
         "auc_without": {k: auc(y, full - terms[k]) for k in TERMS},
         "auc_session_posterior": auc(y, full - terms["session"] + post),
         "auc_session_prior": auc(y, full - terms["session"] + prior),
+        **({"glm": glm_oracles(data)} if glm else {}),
     }
 
 
@@ -207,6 +300,23 @@ def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
                 f"{f['auc'] - base:+.4f} | {f['auc_diff_sd']:.4f} | "
                 f"{'' if corr is None else f'{corr:.3f}'} |"
             )
+    if all("glm" in r for r in res):
+        lines += [
+            "",
+            "L2 logistic regressions on the ranker's wide inputs (20 match features + scene /"
+            " slot / device / hour one-hots), fitted on the train impressions (`--glm`); the"
+            " oracle columns come from the truth (the rows above):",
+            "",
+            "| test AUC of the regression on | mean ± sd | "
+            + " | ".join(f"seed {r['seed']}" for r in res)
+            + " |",
+            "|---|---|" + "---|" * len(res),
+        ]
+        for row in GLM_ROWS:
+            vals = [r["glm"][row] for r in res]
+            lines.append(
+                f"| {row} | {ms(vals, F4)} | " + " | ".join(F4.format(v) for v in vals) + " |"
+            )
     lines.append("")
     return "\n".join(lines)
 
@@ -218,9 +328,10 @@ def main() -> None:
     ap.add_argument("--runs", action="append", help="cascade run dir pattern (repeatable)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--glm", action="store_true", help="also the logistic regressions with oracles")
     args = ap.parse_args()
     args.runs = args.runs or ["out/bench/cascade_s{seed}"]
-    res = [run_seed(s, args.cache, args.runs) for s in args.seeds]
+    res = [run_seed(s, args.cache, args.runs, args.glm) for s in args.seeds]
     text = report(args, res)
     print(text)
     if args.out:

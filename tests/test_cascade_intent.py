@@ -65,7 +65,13 @@ def test_cascade_with_intent_trains_and_serves(tiny_world: Path, tmp_path: Path)
 
     run = tmp_path / "run"
     cfg = cascade_config(
-        "tiny", epochs=1, wide_epochs=1, retrieval_epochs=1, intent=True, intent_epochs=1
+        "tiny",
+        epochs=1,
+        wide_epochs=1,
+        retrieval_epochs=1,
+        intent=True,
+        intent_epochs=1,
+        session_topics=False,
     )
     meta = train_cascade(tiny_world, cfg, 0, run)
     assert meta["metrics"]["intent"]["n_views"] > 0

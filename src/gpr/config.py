@@ -177,6 +177,11 @@ class CascadeConfig(_Strict):
     # small world it moved the test AUC by +0.003 / -0.004 / +0.009 (seeds 7 / 8 / 9), not
     # significant against paired-bootstrap sds of ~0.004 (docs/results/ranking_gap.md)
     intent: bool = False
+    # session topics (topics.py): an EM mixture over the subtopics of organic sessions gives
+    # the ranker the current session's intent subtopic; N_TOPIC more wide features (small
+    # world: test AUC +0.011, RPM +11 %, docs/results/business.md). Runs saved before it
+    # existed load with it off (serve.load_cascade).
+    session_topics: bool = True
     intent_hidden: int = Field(256, ge=4)
     intent_epochs: int = Field(2, ge=1)
     intent_views: int = Field(1_000_000, ge=1)  # train-day organic views (sampled above this)

@@ -34,6 +34,7 @@ from torch import nn
 
 from gpr.eval.eligibility import Ads, Users
 from gpr.eval.history import TYPE_CODE, Journeys, LogData
+from gpr.train.cascade.topics import SessionTopics, topic_features
 
 N_GAP = 24  # gap buckets 1..N_GAP: 1 + floor(log2(1 + seconds)); 0 = padding
 SESSION_SECONDS = 1800
@@ -99,10 +100,18 @@ class Catalog:
     created_day: np.ndarray
     sub_cat: np.ndarray  # (S+1,) category + 1 of each subtopic + 1 (0 pad)
     ad_stats: np.ndarray  # (D+1, A, N_AD_STATS) logged ad statistics of the days before day d
+    topics: SessionTopics | None = None  # session-topic model (topics.py), when switched on
 
     @classmethod
-    def from_logs(cls, logs: LogData) -> Catalog:
-        return cls.from_items(logs.items, logs.ads, ad_stats(logs.journeys, logs.ads))
+    def from_logs(cls, logs: LogData, session_topics: bool = False) -> Catalog:
+        cat = cls.from_items(logs.items, logs.ads, ad_stats(logs.journeys, logs.ads))
+        if session_topics:
+            kind = logs.items.column("kind").to_numpy(zero_copy_only=False)
+            ids = logs.items.column("item_id").to_numpy().astype(np.int64)
+            cat.topics = SessionTopics.fit(
+                logs.journeys, cat.subtopic, cat.content, ids[kind != "ad"] + 1
+            )
+        return cat
 
     @classmethod
     def from_items(cls, items: pa.Table, ads: Ads, stats: np.ndarray | None = None) -> Catalog:
@@ -158,6 +167,7 @@ class Requests:
     i_gap: np.ndarray  # (B, Li)
     l_sub: np.ndarray  # (B, Ll) subtopic + 1 of the last n_long organic items, 0 pad
     l_mean: np.ndarray  # (B, E) mean content embedding of those items (zeros when none)
+    t_prior: np.ndarray  # (B, S) session-topic prior (topics.py); (B, 0) when off
 
     def __len__(self) -> int:
         return len(self.user)
@@ -237,6 +247,11 @@ def request_features(
         i_gap=i_gap,
         l_sub=cat.subtopic[l_row].astype(np.int16),
         l_mean=l_mean.astype(np.float32),
+        t_prior=(
+            cat.topics.prior(jour, cat.subtopic, pos)
+            if cat.topics is not None
+            else np.zeros((len(pos), 0), np.float32)
+        ),
     )
 
 
@@ -259,6 +274,9 @@ class FeatureEmbedder(nn.Module):
     created_day: torch.Tensor
     sub_cat: torch.Tensor
     ad_stats: torch.Tensor
+    topic_log_t: torch.Tensor  # (S, S), (0, 0) when the session-topic model is off
+    topic_affinity: torch.Tensor
+    topic_centroid: torch.Tensor
 
     def __init__(
         self, cat: Catalog, n_users: int, dim: int, id_dropout: float, user_id: bool = True
@@ -277,6 +295,10 @@ class FeatureEmbedder(nn.Module):
         )
         self.register_buffer("sub_cat", torch.from_numpy(cat.sub_cat), persistent=False)
         self.register_buffer("ad_stats", torch.from_numpy(cat.ad_stats), persistent=False)
+        t = cat.topics
+        for name in ("log_t", "affinity", "centroid"):
+            value = getattr(t, name) if t is not None else np.zeros((0, 0), np.float32)
+            self.register_buffer(f"topic_{name}", torch.from_numpy(value), persistent=False)
         self.id_dropout = id_dropout
         self.proj = nn.Linear(cat.content.shape[1], dim, bias=False)
         self.sub = nn.Embedding(int(cat.subtopic.max()) + 1, dim, padding_idx=0)
@@ -344,7 +366,7 @@ class FeatureEmbedder(nn.Module):
         return self.age(age_bucket(day[:, None] - self.created_day[a]))
 
 
-N_MATCH = 20  # width of match_features
+N_MATCH = 20  # width of match_features (+ N_TOPIC with the session-topic model)
 
 
 def _share(hist: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -421,4 +443,24 @@ def match_features(e: FeatureEmbedder, r: dict[str, torch.Tensor], a: torch.Tens
     )
     day = r["day"].clamp(0, e.ad_stats.shape[0] - 1)
     stats = e.ad_stats[day[:, None], a]  # (B, K, N_AD_STATS)
-    return torch.cat([dots, shares, numeric, counts, price, stats], -1)
+    parts = [dots, shares, numeric, counts, price, stats]
+    if e.topic_log_t.numel():
+        if r["t_prior"].shape[1] != e.topic_log_t.shape[0]:
+            raise ValueError(
+                "request features were built without this model's session-topic model: "
+                "build them with the model's own Catalog (request_features(..., cat, ...))"
+            )
+        log_prior = torch.log(r["t_prior"].clamp(min=1e-12))
+        parts.append(
+            topic_features(
+                log_prior,
+                o_sub - 1,
+                sess,
+                a_sub - 1,
+                xa,
+                e.topic_log_t,
+                e.topic_affinity,
+                e.topic_centroid,
+            )
+        )
+    return torch.cat(parts, -1)

@@ -43,6 +43,7 @@ from gpr.train.cascade.features import (
     match_features,
 )
 from gpr.train.cascade.intent import SessionIntent
+from gpr.train.cascade.topics import N_TOPIC
 
 
 class TargetAttention(nn.Module):
@@ -87,7 +88,8 @@ class RankingModel(nn.Module):
         self.att_o = TargetAttention(d, cfg.heads)
         self.att_i = TargetAttention(d, cfg.heads)
         self.deep = cfg.deep
-        n_match = N_MATCH + int(cfg.intent)  # + the session-intent affinity (intent.py)
+        # + the session-intent affinity (intent.py), + the session-topic features (topics.py)
+        n_match = N_MATCH + int(cfg.intent) + N_TOPIC * int(cfg.session_topics)
         self.trunk = nn.Sequential(mlp([11 * d + n_match, h, h], cfg.dropout), nn.ReLU())
         self.ctr = mlp([h, h // 2, 1])
         self.cvr = mlp([h, h // 2, 1])

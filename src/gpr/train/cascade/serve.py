@@ -41,8 +41,8 @@ def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
             file=run_dir / "run.json",
             field="items_sha256",
         )
-    cfg = CascadeConfig.model_validate(meta["config"])
-    cat = Catalog.from_logs(logs)
+    cfg = CascadeConfig.model_validate({"session_topics": False, **meta["config"]})
+    cat = Catalog.from_logs(logs, session_topics=cfg.session_topics)
     n_users = int(meta["n_users"])
     ranking = RankingModel(cat, n_users, cfg)
     retrieval = RetrievalModel(cat, n_users, cfg)
