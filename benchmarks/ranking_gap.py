@@ -249,7 +249,8 @@ def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
     lines = [
         "# Where the ranking AUC is lost",
         "",
-        f"`python benchmarks/ranking_gap.py --seeds {seeds} {runs}` — small world, "
+        f"`python benchmarks/ranking_gap.py --seeds {seeds} --cache {args.cache} {runs}"
+        f"{' --glm' if args.glm else ''}` — small world, "
         f"test impressions; {platform.machine()}, commit {commit}; {datetime.date.today()}.",
         "Mean ± std over seeds; per seed in the JSON (`--json`).",
         "",
