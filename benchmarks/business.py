@@ -70,10 +70,11 @@ NOTES = """## How these numbers are made
   of the user's price sensitivity (the price level of the ads the logs showed the user: correlation
   −0.84 with the hidden sensitivity) and logged ad statistics of earlier days (impressions per day,
   smoothed CTR / CVR: the logging cascade showed good ads more; plus days of data, so that a new
-  ad is not mistaken for an old one the logs never showed). Then (2026-12-06, RPM +11 %, AUC
-  +0.011): the session-topic features (`cascade.session_topics`, `src/gpr/train/cascade/topics.py`),
-  an EM mixture fitted on the train days' organic sessions that turns the subtopics a session
-  has viewed into a posterior over its intent subtopic, with the user's earlier sessions as prior.
+  ad is not mistaken for an old one the logs never showed). Then (2026-12-06, RPM +14 %, AUC
+  +0.0125): the session-topic features (`cascade.session_topics`,
+  `src/gpr/train/cascade/topics.py`), an EM mixture fitted on the train days' organic sessions
+  that turns the subtopics a session has viewed into a posterior over its intent subtopic, with
+  the user's earlier sessions as prior.
 - **Ranking AUC ceiling.** The truth column scores the test impressions with the *true* pCTR: no
   model can beat it. The world's click signal is dominated by the hidden session intent, which the
   organic views of the session reveal only partly (the intent subtopic gets ~20 % of a session's

@@ -215,12 +215,8 @@ def run_seed(seed: int, cache: Path, runs: list[str], glm: bool = False) -> dict
     terms = t.ctr_terms(req, item)
     full = sum(terms.values())
     x = np.stack([terms[k] for k in TERMS] + [np.ones(len(y))], 1)
-    r = {k: torch.from_numpy(v) for k, v in (("o_item", imp.req.o_item), ("o_gap", imp.req.o_gap))}
-    sess = session_views(r).numpy()
-    view_sub = np.where(sess, cascades[0].cat.subtopic[imp.req.o_item.astype(np.int64)] - 1, -1)
-    organic = logs.items.column("kind").to_numpy(zero_copy_only=False) != "ad"
-    organic_sub = logs.items.column("subtopic").to_numpy()[organic]
-    post, prior = session_bayes(t, req, item, view_sub, organic_sub)
+    bayes = _bayes_terms(data, cascades[0].cat, imp)
+    post, prior = bayes["posterior"], bayes["prior"]
     fits = {
         run: ranker_fit(c, logs, x, terms["session"]) for run, c in zip(runs, cascades, strict=True)
     }

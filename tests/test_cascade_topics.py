@@ -18,7 +18,7 @@ from gpr.train.cascade.features import N_MATCH, Catalog
 from gpr.train.cascade.serve import load_cascade
 from gpr.train.cascade.topics import (
     N_TOPIC,
-    SESSION_GAP,
+    SESSION_SECONDS,
     WINDOW,
     SessionTopics,
     _posterior,
@@ -35,7 +35,7 @@ def _planted(n_users: int = 60, n_sess: int = 12, views: int = 6, seed: int = 0)
     for u in range(n_users):
         t = u % 3
         for k in range(n_sess):
-            start = k * 10 * SESSION_GAP
+            start = k * 10 * SESSION_SECONDS
             for v in range(views):
                 s = t if rng.random() < 0.6 else (t + 1 + rng.integers(2)) % 3
                 cols["user"].append(u)
@@ -75,11 +75,11 @@ def test_prior_counts_only_sessions_that_ended_before_the_window(tiny_world: Pat
     got = topics.prior(j, cat.subtopic, pos)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
     organic = np.nonzero(j.ttype == TYPE_CODE["O"])[0]
-    for b, p in enumerate(pos):  # brute force: the user's sessions, chained by SESSION_GAP
+    for b, p in enumerate(pos):  # brute force: the user's sessions, chained by SESSION_SECONDS
         rows = organic[j.user[organic] == j.user[p]]
         sessions: list[list[int]] = []
         for r in rows:
-            if not sessions or j.ts[r] - j.ts[sessions[-1][-1]] > SESSION_GAP:
+            if not sessions or j.ts[r] - j.ts[sessions[-1][-1]] > SESSION_SECONDS:
                 sessions.append([])
             sessions[-1].append(r)
         seen, history = np.zeros(topics.n), np.zeros(topics.n)

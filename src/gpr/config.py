@@ -179,7 +179,7 @@ class CascadeConfig(_Strict):
     intent: bool = False
     # session topics (topics.py): an EM mixture over the subtopics of organic sessions gives
     # the ranker the current session's intent subtopic; N_TOPIC more wide features (small
-    # world: test AUC +0.011, RPM +11 %, docs/results/business.md). Runs saved before it
+    # world: test AUC 0.6795 -> 0.6920, RPM +14 %, docs/results/business.md). Runs saved before it
     # existed load with it off (serve.load_cascade).
     session_topics: bool = True
     intent_hidden: int = Field(256, ge=4)

@@ -34,11 +34,9 @@ from torch import nn
 
 from gpr.eval.eligibility import Ads, Users
 from gpr.eval.history import TYPE_CODE, Journeys, LogData
-from gpr.train.cascade.topics import SessionTopics, topic_features
+from gpr.train.cascade.topics import SESSION_BUCKET, SessionTopics, topic_features
 
 N_GAP = 24  # gap buckets 1..N_GAP: 1 + floor(log2(1 + seconds)); 0 = padding
-SESSION_SECONDS = 1800
-SESSION_BUCKET = 1 + int(np.log2(1 + SESSION_SECONDS))  # gap buckets of the current session
 DEMO_SIZES = (8, 4, 8, 5)  # age band, gender, region, tier (+1, 0 unknown; larger values clip)
 ENV_SIZES = (5, 8, 5, 26)  # scene, slot, device, hour
 N_AGE = 8  # ad age buckets: 0,1,2,3 days, 4-7, 8-15, 16-31, 32+

@@ -29,8 +29,10 @@ import torch
 
 from gpr.eval.history import SPLIT_CODE, TYPE_CODE, Journeys
 
-SESSION_GAP = 1800  # seconds between organic views that start a new session (as the world does)
-WINDOW = 2047  # views younger than this are the current session (features.session_views)
+# the one definition of a session for the cascade's features (features.session_views uses it)
+SESSION_SECONDS = 1800  # a gap longer than this between organic views starts a new session
+SESSION_BUCKET = 1 + int(np.log2(1 + SESSION_SECONDS))  # gap buckets of the current session
+WINDOW = 2**SESSION_BUCKET - 1  # views younger than this fall in those buckets
 N_TOPIC = 6  # width of topic_features
 
 
@@ -38,7 +40,7 @@ def _sessions(jour: Journeys, subtopic: np.ndarray) -> tuple[np.ndarray, np.ndar
     """Organic rows, their session number (rows are sorted by user, then time) and subtopic."""
     rows = np.nonzero(jour.ttype == TYPE_CODE["O"])[0]
     u, ts = jour.user[rows], jour.ts[rows]
-    new = np.r_[True, (u[1:] != u[:-1]) | (ts[1:] - ts[:-1] > SESSION_GAP)]
+    new = np.r_[True, (u[1:] != u[:-1]) | (ts[1:] - ts[:-1] > SESSION_SECONDS)]
     return rows, np.cumsum(new) - 1, subtopic[jour.item[rows] + 1] - 1
 
 
@@ -121,7 +123,7 @@ class SessionTopics:
     def n(self) -> int:
         return len(self.share)
 
-    def _history(self, jour: Journeys, subtopic: np.ndarray) -> dict[str, np.ndarray]:
+    def _history(self, jour: Journeys, subtopic: np.ndarray) -> dict[str, Any]:
         """Per session of `jour` (cached for the last journeys seen): sort key, and cumulative
         posteriors. Each session's posterior uses the prior of the user's earlier sessions, so
         a user's topics sharpen as their history grows (a sequential Bayes filter)."""
