@@ -139,7 +139,7 @@ def glm_oracles(data: SimData) -> dict[str, float]:
     """Test AUC of L2 logistic regressions on the ranker's wide inputs, with and without the
     session-topic features and one truth column each (train impressions fit them)."""
     cfg = cascade_config("small")
-    cat = Catalog.from_logs(data.logs, session_topics=True)
+    cat = Catalog.from_logs(data.logs, cfg)
     emb = FeatureEmbedder(cat, len(data.logs.users.age_band), 4, 0.0)
     split: dict[str, dict[str, np.ndarray]] = {}
     for name in ("train", "test"):

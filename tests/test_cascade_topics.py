@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 from gpr.eval.history import SPLIT_CODE, TYPE_CODE, LogData
@@ -65,16 +66,30 @@ def test_em_recovers_planted_topics_and_the_prior_concentrates() -> None:
     assert prior.max(1).mean() > 0.5
 
 
-def test_prior_counts_only_sessions_that_ended_before_the_window(tiny_world: Path) -> None:
+@pytest.mark.parametrize(("half_life", "strength"), [(0.0, 1.0), (0.5, 0.1)])
+def test_prior_counts_only_sessions_that_ended_before_the_window(
+    tiny_world: Path, half_life: float, strength: float
+) -> None:
     logs = LogData.load(tiny_world)
-    cat = Catalog.from_logs(logs, session_topics=True)
+    cfg = cascade_config(
+        "tiny", topic_half_life_days=half_life, topic_prior_strength=strength
+    )
+    cat = Catalog.from_logs(logs, cfg)
     topics = cat.topics
-    assert topics is not None
+    assert topics is not None and topics.prior_strength == strength
     j = logs.journeys
     pos = j.requests("test")[:60]
     got = topics.prior(j, cat.subtopic, pos)
     np.testing.assert_allclose(got.sum(1), 1.0, atol=1e-5)
     organic = np.nonzero(j.ttype == TYPE_CODE["O"])[0]
+
+    def decay(seconds: float) -> float:
+        return 2.0 ** (-seconds / (86400 * half_life)) if half_life > 0 else 1.0
+
+    def shares(evidence: np.ndarray) -> np.ndarray:
+        return (evidence + strength * topics.share) / (evidence.sum() + strength)
+
+    n_decayed = 0
     for b, p in enumerate(pos):  # brute force: the user's sessions, chained by SESSION_SECONDS
         rows = organic[j.user[organic] == j.user[p]]
         sessions: list[list[int]] = []
@@ -82,17 +97,22 @@ def test_prior_counts_only_sessions_that_ended_before_the_window(tiny_world: Pat
             if not sessions or j.ts[r] - j.ts[sessions[-1][-1]] > SESSION_SECONDS:
                 sessions.append([])
             sessions[-1].append(r)
-        seen, history = np.zeros(topics.n), np.zeros(topics.n)
-        for k, sess in enumerate(sessions):  # each session's posterior under the earlier ones
+        history, end = np.zeros(topics.n), None
+        seen, seen_end = np.zeros(topics.n), None
+        for sess in sessions:  # each session's posterior under the (decayed) earlier ones
+            if end is not None:
+                history = history * decay(j.ts[sess[-1]] - end)
+            end = j.ts[sess[-1]]
             c = np.zeros((1, topics.n), np.float32)
             np.add.at(c[0], cat.subtopic[j.item[sess] + 1] - 1, 1.0)
-            prior = (history + topics.prior_strength * topics.share) / (k + topics.prior_strength)
-            r = _posterior(c @ topics.log_t.T, np.log(prior + 1e-12))[0]
-            history += r
-            if j.ts[sess[-1]] <= j.ts[p] - WINDOW:
-                seen += r
-        want = (seen + topics.prior_strength * topics.share) / (seen.sum() + topics.prior_strength)
-        np.testing.assert_allclose(got[b], want, rtol=1e-4, atol=1e-6)
+            history = history + _posterior(c @ topics.log_t.T, np.log(shares(history) + 1e-12))[0]
+            if end <= j.ts[p] - WINDOW:
+                seen, seen_end = history, end
+        if seen_end is not None:
+            seen = seen * decay(j.ts[p] - seen_end)
+            n_decayed += int(decay(j.ts[p] - seen_end) < 0.99)
+        np.testing.assert_allclose(got[b], shares(seen), rtol=1e-4, atol=1e-6)
+    assert (n_decayed > 0) == (half_life > 0)  # the forgetting was exercised
 
 
 def test_topic_features_by_hand() -> None:
@@ -148,3 +168,18 @@ def test_runs_saved_before_session_topics_load_with_them_off(
     (out / "run.json").write_text(json.dumps(meta))
     c = load_cascade(out, LogData.load(tiny_world))
     assert c.cat.topics is None and c.ranking.wide_ctr.in_features == N_MATCH
+
+
+def test_runs_saved_before_the_prior_options_load_with_the_old_prior(
+    tiny_world: Path, tmp_path: Path
+) -> None:
+    cfg = cascade_config("tiny", epochs=1, wide_epochs=1, retrieval_epochs=1, deep=False)
+    out = tmp_path / "run"
+    train_cascade(tiny_world, cfg, 0, out)
+    assert load_cascade(out, LogData.load(tiny_world)).cat.topics.half_life_days == 2.0  # type: ignore[union-attr]
+    meta = json.loads((out / "run.json").read_text())
+    for name in ("topic_prior_strength", "topic_half_life_days"):
+        del meta["config"][name]  # as written before the options existed
+    (out / "run.json").write_text(json.dumps(meta))
+    topics = load_cascade(out, LogData.load(tiny_world)).cat.topics
+    assert topics is not None and (topics.prior_strength, topics.half_life_days) == (1.0, 0.0)

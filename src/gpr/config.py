@@ -182,6 +182,12 @@ class CascadeConfig(_Strict):
     # world: test AUC 0.6795 -> 0.6920, RPM +14 %, docs/results/business.md). Runs saved before it
     # existed load with it off (serve.load_cascade).
     session_topics: bool = True
+    # the request-time topic prior: pseudo-sessions of the global shares, and the half life (days;
+    # 0 = none) of earlier sessions' evidence (interests drift). Chosen on the valid day's AUC of
+    # a regression on the wide inputs (small world; docs/results/ranking_gap.md). Runs saved
+    # before these existed load with 1.0 and 0 (serve.load_cascade).
+    topic_prior_strength: float = Field(0.1, gt=0)
+    topic_half_life_days: float = Field(2.0, ge=0)
     intent_hidden: int = Field(256, ge=4)
     intent_epochs: int = Field(2, ge=1)
     intent_views: int = Field(1_000_000, ge=1)  # train-day organic views (sampled above this)

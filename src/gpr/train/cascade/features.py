@@ -32,6 +32,7 @@ import pyarrow as pa
 import torch
 from torch import nn
 
+from gpr.config import CascadeConfig
 from gpr.eval.eligibility import Ads, Users
 from gpr.eval.history import TYPE_CODE, Journeys, LogData
 from gpr.train.cascade.topics import SESSION_BUCKET, SessionTopics, topic_features
@@ -101,13 +102,20 @@ class Catalog:
     topics: SessionTopics | None = None  # session-topic model (topics.py), when switched on
 
     @classmethod
-    def from_logs(cls, logs: LogData, session_topics: bool = False) -> Catalog:
+    def from_logs(cls, logs: LogData, cfg: CascadeConfig | None = None) -> Catalog:
+        """The catalogue with the logged ad statistics, and the session-topic model when `cfg`
+        switches it on."""
         cat = cls.from_items(logs.items, logs.ads, ad_stats(logs.journeys, logs.ads))
-        if session_topics:
+        if cfg is not None and cfg.session_topics:
             kind = logs.items.column("kind").to_numpy(zero_copy_only=False)
             ids = logs.items.column("item_id").to_numpy().astype(np.int64)
             cat.topics = SessionTopics.fit(
-                logs.journeys, cat.subtopic, cat.content, ids[kind != "ad"] + 1
+                logs.journeys,
+                cat.subtopic,
+                cat.content,
+                ids[kind != "ad"] + 1,
+                prior_strength=cfg.topic_prior_strength,
+                half_life_days=cfg.topic_half_life_days,
             )
         return cat
 

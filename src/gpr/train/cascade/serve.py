@@ -41,8 +41,10 @@ def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
             file=run_dir / "run.json",
             field="items_sha256",
         )
-    cfg = CascadeConfig.model_validate({"session_topics": False, **meta["config"]})
-    cat = Catalog.from_logs(logs, session_topics=cfg.session_topics)
+    # runs saved before an option existed load with the behaviour they were trained with
+    legacy = {"session_topics": False, "topic_prior_strength": 1.0, "topic_half_life_days": 0.0}
+    cfg = CascadeConfig.model_validate({**legacy, **meta["config"]})
+    cat = Catalog.from_logs(logs, cfg)
     n_users = int(meta["n_users"])
     ranking = RankingModel(cat, n_users, cfg)
     retrieval = RetrievalModel(cat, n_users, cfg)

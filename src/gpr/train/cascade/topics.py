@@ -64,6 +64,7 @@ class SessionTopics:
     affinity: np.ndarray  # (S, S) estimate of <topic t, subtopic s>
     centroid: np.ndarray  # (S, E) mean content embedding of each subtopic's organic items
     prior_strength: float
+    half_life_days: float = 0.0  # > 0: earlier sessions' weight halves every this many days
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -77,10 +78,14 @@ class SessionTopics:
         tau: float = 4.0,
         init_tau: float = 8.0,
         smoothing: float = 0.1,
+        em_strength: float = 1.0,
         prior_strength: float = 1.0,
+        half_life_days: float = 0.0,
     ) -> SessionTopics:
         """EM on the train days' sessions. subtopic / content: per item row (item id + 1, 0 pad;
-        subtopic + 1); organic_rows: the item rows of the organic catalogue."""
+        subtopic + 1); organic_rows: the item rows of the organic catalogue. em_strength: the
+        pseudo-sessions of global shares in each user's shares during EM; prior_strength and
+        half_life_days: the same, and the forgetting, of the request-time filter (`prior`)."""
         n_sub = int(subtopic.max())
         sub_o = subtopic[organic_rows] - 1
         size = np.bincount(sub_o, minlength=n_sub).astype(np.float64) + 1.0
@@ -106,9 +111,7 @@ class SessionTopics:
             per_user = np.zeros_like(pi)
             np.add.at(per_user, users, r)
             share = r.mean(0)
-            pi = (per_user + prior_strength * share) / (
-                per_user.sum(1, keepdims=True) + prior_strength
-            )
+            pi = (per_user + em_strength * share) / (per_user.sum(1, keepdims=True) + em_strength)
         aff = log_t - np.log(size)[None]
         aff = (aff - aff.mean(1, keepdims=True)) / tau
         return cls(
@@ -117,53 +120,70 @@ class SessionTopics:
             affinity=aff.astype(np.float32),
             centroid=centroid.astype(np.float32),
             prior_strength=prior_strength,
+            half_life_days=half_life_days,
         )
 
     @property
     def n(self) -> int:
         return len(self.share)
 
+    def _decay(self, seconds: np.ndarray) -> np.ndarray:
+        """Weight left to evidence `seconds` old (1 without forgetting)."""
+        if self.half_life_days <= 0:
+            return np.ones_like(seconds, dtype=np.float64)
+        return np.exp2(-np.maximum(seconds, 0) / (86400.0 * self.half_life_days))
+
     def _history(self, jour: Journeys, subtopic: np.ndarray) -> dict[str, Any]:
-        """Per session of `jour` (cached for the last journeys seen): sort key, and cumulative
-        posteriors. Each session's posterior uses the prior of the user's earlier sessions, so
-        a user's topics sharpen as their history grows (a sequential Bayes filter)."""
+        """Per session of `jour` (cached for the last journeys seen): sort key, end time and the
+        user's evidence after it (the sum of their sessions' posteriors so far, each decayed by
+        its age). Each session's posterior uses the prior of the user's earlier sessions, so a
+        user's topics sharpen as their history grows (a sequential Bayes filter); with a half
+        life, old sessions fade, so an interest that was replaced stops counting."""
         if self._cache.get("jour") is not jour:
             rows, sess, sub = _sessions(jour, subtopic)
             ll = _counts(sess, sub, self.n) @ self.log_t.T  # (n_sessions, S)
             last = np.zeros(len(ll), np.int64)
             last[sess] = rows  # the session's last row (rows ascend)
             user = jour.user[last].astype(np.int64)
+            ts = jour.ts[last].astype(np.int64)
             first = np.r_[True, user[1:] != user[:-1]]
             rank = np.arange(len(user)) - np.maximum.accumulate(
                 np.where(first, np.arange(len(user)), 0)
             )
-            r = np.zeros_like(ll, dtype=np.float64)
-            seen = np.zeros((int(user.max()) + 1 if len(user) else 0, self.n))
+            state = np.zeros((len(ll), self.n), np.float64)
+            n_users = int(user.max()) + 1 if len(user) else 0
+            seen = np.zeros((n_users, self.n))
+            seen_ts = np.zeros(n_users, np.int64)
             for k in range(int(rank.max()) + 1 if len(rank) else 0):  # k-th session of each user
                 idx = np.nonzero(rank == k)[0]
                 u = user[idx]
-                prior = (seen[u] + self.prior_strength * self.share) / (k + self.prior_strength)
-                r[idx] = _posterior(ll[idx], np.log(prior + 1e-12))
-                seen[u] += r[idx]
-            key = user * (1 << 40) + jour.ts[last].astype(np.int64)
-            cum = np.zeros((len(r) + 1, self.n), np.float64)
-            np.cumsum(r, axis=0, out=cum[1:])
-            self._cache = {"jour": jour, "key": key, "cum": cum}
+                seen[u] *= self._decay(ts[idx] - seen_ts[u])[:, None]
+                seen_ts[u] = ts[idx]
+                r = _posterior(ll[idx], np.log(self._normalise(seen[u]) + 1e-12))
+                seen[u] += r
+                state[idx] = seen[u]
+            self._cache = {"jour": jour, "key": user * (1 << 40) + ts, "ts": ts, "state": state}
         return self._cache
+
+    def _normalise(self, seen: np.ndarray) -> np.ndarray:
+        """Topic shares from evidence (B, S), shrunk to the global shares."""
+        return (seen + self.prior_strength * self.share) / (
+            seen.sum(1, keepdims=True) + self.prior_strength
+        )
 
     def prior(self, jour: Journeys, subtopic: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """(B, S) topic prior of the requests at E rows `pos`: the user's sessions that ended
         before the current-session window."""
         h = self._history(jour, subtopic)
         user = jour.user[pos].astype(np.int64) * (1 << 40)
+        now = jour.ts[pos].astype(np.int64)
         lo = np.searchsorted(h["key"], user, side="left")
-        hi = np.searchsorted(h["key"], user + jour.ts[pos].astype(np.int64) - WINDOW, side="right")
-        hi = np.maximum(hi, lo)
-        seen = h["cum"][hi] - h["cum"][lo]
-        p = (seen + self.prior_strength * self.share) / (
-            seen.sum(1, keepdims=True) + self.prior_strength
-        )
-        return p.astype(np.float32)
+        hi = np.searchsorted(h["key"], user + now - WINDOW, side="right")
+        has = hi > lo
+        j = np.where(has, hi - 1, 0)
+        seen = np.where(has[:, None], h["state"][j], 0.0) if len(j) else np.zeros((0, self.n))
+        seen = seen * self._decay(now - h["ts"][j])[:, None] if len(j) else seen
+        return self._normalise(seen).astype(np.float32)
 
 
 def topic_features(

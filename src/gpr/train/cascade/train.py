@@ -283,7 +283,7 @@ def train_cascade(
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     logs = logs if logs is not None else LogData.load(data_dir)
-    cat = Catalog.from_logs(logs, session_topics=cfg.session_topics)
+    cat = Catalog.from_logs(logs, cfg)
     n_users = len(logs.users.age_band)
     train = impressions(logs, cat, "train", cfg)
     valid = impressions(logs, cat, "valid", cfg)
