@@ -71,9 +71,7 @@ def test_prior_counts_only_sessions_that_ended_before_the_window(
     tiny_world: Path, half_life: float, strength: float
 ) -> None:
     logs = LogData.load(tiny_world)
-    cfg = cascade_config(
-        "tiny", topic_half_life_days=half_life, topic_prior_strength=strength
-    )
+    cfg = cascade_config("tiny", topic_half_life_days=half_life, topic_prior_strength=strength)
     cat = Catalog.from_logs(logs, cfg)
     topics = cat.topics
     assert topics is not None and topics.prior_strength == strength
