@@ -43,7 +43,6 @@ def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
         )
     # runs saved before an option existed load with the behaviour they were trained with
     legacy = {"session_topics": False, "topic_prior_strength": 1.0, "topic_half_life_days": 0.0}
-    legacy |= {"wide_epochs": 12, "wide_lr": 2e-3, "wide_patience": 2}  # training only
     cfg = CascadeConfig.model_validate({**legacy, **meta["config"]})
     cat = Catalog.from_logs(logs, cfg)
     n_users = int(meta["n_users"])

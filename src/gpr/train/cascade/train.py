@@ -111,8 +111,6 @@ def _fit(
     model: RankingModel,
     params: list[torch.nn.Parameter],
     epochs: int,
-    lr: float,
-    patience: int,
     stage: str,
     train: Impressions,
     valid: Impressions,
@@ -122,7 +120,7 @@ def _fit(
     log: Path | None,
 ) -> dict[str, Any]:
     """Train `params` for up to `epochs`, keep the best valid-AUC state (also across stages)."""
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     bad = 0
     for epoch in range(epochs):
         t0 = time.perf_counter()
@@ -163,7 +161,7 @@ def _fit(
             bad = 0
         else:
             bad += 1
-            if bad >= patience:
+            if bad >= cfg.patience:
                 break
     return best
 
@@ -184,14 +182,14 @@ def train_ranking(
     best: dict[str, Any] = {"auc_ctr": -1.0, "state": None}
     model.zero_deep_output()  # every saved state's deep part is 0 until the deep stage moves it
     model.deep = False
-    wide = (cfg.wide_epochs, cfg.wide_lr, cfg.wide_patience)
-    best = _fit(model, model.wide_parameters(), *wide, "wide", train, valid, cfg, rng, best, log)
+    best = _fit(
+        model, model.wide_parameters(), cfg.wide_epochs, "wide", train, valid, cfg, rng, best, log
+    )
     if cfg.deep:
         model.load_state_dict(best["state"])
         model.deep = True
         params = [p for p in model.parameters() if p.requires_grad]
-        deep = (cfg.epochs, cfg.lr, cfg.patience)
-        best = _fit(model, params, *deep, "deep", train, valid, cfg, rng, best, log)
+        best = _fit(model, params, cfg.epochs, "deep", train, valid, cfg, rng, best, log)
     model.load_state_dict(best.pop("state"))
     model.deep = cfg.deep and best["stage"] == "deep"
     best["deep_used"] = model.deep
