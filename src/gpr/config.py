@@ -184,7 +184,7 @@ class CascadeConfig(_Strict):
     session_topics: bool = True
     # the request-time topic prior: pseudo-sessions of the global shares, and the half life (days;
     # 0 = none) of earlier sessions' evidence (interests drift). Chosen on the valid day's AUC of
-    # a regression on the wide inputs (small world; docs/results/ranking_gap.md). Runs saved
+    # a regression on the wide inputs (small world; docs/results/business.md). Runs saved
     # before these existed load with 1.0 and 0 (serve.load_cascade).
     topic_prior_strength: float = Field(0.1, gt=0)
     topic_half_life_days: float = Field(2.0, ge=0)
