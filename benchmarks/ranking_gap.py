@@ -98,7 +98,7 @@ def _bayes_terms(data: SimData, cat: Catalog, imp: Impressions) -> dict[str, np.
     """The session term, its posterior and prior means (session_bayes) for impressions."""
     logs, t = data.logs, data.truth
     req, item = logs.journeys.request[imp.pos], logs.ads.item_id[imp.ad]
-    r = {k: torch.from_numpy(v) for k, v in (("o_item", imp.req.o_item), ("o_gap", imp.req.o_gap))}
+    r = {k: torch.from_numpy(getattr(imp.req, k)) for k in ("o_item", "o_sess")}
     view_sub = np.where(
         session_views(r).numpy(), cat.subtopic[imp.req.o_item.astype(np.int64)] - 1, -1
     )

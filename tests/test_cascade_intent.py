@@ -12,7 +12,6 @@ from gpr.eval.history import LogData
 from gpr.train.cascade.config import cascade_config
 from gpr.train.cascade.features import (
     N_MATCH,
-    SESSION_BUCKET,
     Catalog,
     request_features,
     session_mean,
@@ -26,7 +25,7 @@ def test_session_mean_and_topic_shares_by_hand() -> None:
     r = {
         "o_item": torch.tensor([[1, 2, 3], [0, 0, 3], [1, 2, 0]]),
         # item 1 of request 0 is from an older session; request 2 has no session views
-        "o_gap": torch.tensor([[SESSION_BUCKET + 1, 1, 2], [0, 0, 1], [SESSION_BUCKET + 3] * 3]),
+        "o_sess": torch.tensor([[False, True, True], [True, True, True], [False] * 3]),
     }
     x, n = session_mean(content, r)
     torch.testing.assert_close(x, torch.tensor([[2.0, 3.0], [4.0, 4.0], [0.0, 0.0]]))

@@ -15,7 +15,7 @@ import torch
 
 from gpr.eval.history import SPLIT_CODE, TYPE_CODE, LogData
 from gpr.train.cascade.config import cascade_config
-from gpr.train.cascade.features import N_MATCH, Catalog
+from gpr.train.cascade.features import N_MATCH, Catalog, current_session
 from gpr.train.cascade.serve import load_cascade
 from gpr.train.cascade.topics import (
     N_TOPIC,
@@ -66,12 +66,21 @@ def test_em_recovers_planted_topics_and_the_prior_concentrates() -> None:
     assert prior.max(1).mean() > 0.5
 
 
-@pytest.mark.parametrize(("half_life", "strength"), [(0.0, 1.0), (0.5, 0.1)])
-def test_prior_counts_only_sessions_that_ended_before_the_window(
-    tiny_world: Path, half_life: float, strength: float
+@pytest.mark.parametrize(
+    ("half_life", "strength", "session_gap"), [(0.0, 1.0, 0), (0.5, 0.1, 0), (0.5, 0.1, 300)]
+)
+def test_prior_counts_only_sessions_that_ended_before_the_current_one(
+    tiny_world: Path, half_life: float, strength: float, session_gap: int
 ) -> None:
     logs = LogData.load(tiny_world)
-    cfg = cascade_config("tiny", topic_half_life_days=half_life, topic_prior_strength=strength)
+    cfg = cascade_config(
+        "tiny",
+        topic_half_life_days=half_life,
+        topic_prior_strength=strength,
+        session_gap_seconds=session_gap,
+    )
+    # the legacy rule: sessions split at SESSION_SECONDS, the prior skips the last WINDOW seconds
+    split, window = (session_gap, session_gap + 1) if session_gap else (SESSION_SECONDS, WINDOW)
     cat = Catalog.from_logs(logs, cfg)
     topics = cat.topics
     assert topics is not None and topics.prior_strength == strength
@@ -88,11 +97,11 @@ def test_prior_counts_only_sessions_that_ended_before_the_window(
         return (evidence + strength * topics.share) / (evidence.sum() + strength)
 
     n_decayed = 0
-    for b, p in enumerate(pos):  # brute force: the user's sessions, chained by SESSION_SECONDS
+    for b, p in enumerate(pos):  # brute force: the user's sessions, chained by `split`
         rows = organic[j.user[organic] == j.user[p]]
         sessions: list[list[int]] = []
         for r in rows:
-            if not sessions or j.ts[r] - j.ts[sessions[-1][-1]] > SESSION_SECONDS:
+            if not sessions or j.ts[r] - j.ts[sessions[-1][-1]] > split:
                 sessions.append([])
             sessions[-1].append(r)
         history, end = np.zeros(topics.n), None
@@ -104,7 +113,7 @@ def test_prior_counts_only_sessions_that_ended_before_the_window(
             c = np.zeros((1, topics.n), np.float32)
             np.add.at(c[0], cat.subtopic[j.item[sess] + 1] - 1, 1.0)
             history = history + _posterior(c @ topics.log_t.T, np.log(shares(history) + 1e-12))[0]
-            if end <= j.ts[p] - WINDOW:
+            if end <= j.ts[p] - window:
                 seen, seen_end = history, end
         if seen_end is not None:
             seen = seen * decay(j.ts[p] - seen_end)
@@ -174,10 +183,27 @@ def test_runs_saved_before_the_prior_options_load_with_the_old_prior(
     cfg = cascade_config("tiny", epochs=1, wide_epochs=1, retrieval_epochs=1, deep=False)
     out = tmp_path / "run"
     train_cascade(tiny_world, cfg, 0, out)
-    assert load_cascade(out, LogData.load(tiny_world)).cat.topics.half_life_days == 2.0  # type: ignore[union-attr]
+    now = load_cascade(out, LogData.load(tiny_world)).cat
+    assert now.session_gap == 300 and now.topics.half_life_days == 2.0  # type: ignore[union-attr]
     meta = json.loads((out / "run.json").read_text())
-    for name in ("topic_prior_strength", "topic_half_life_days"):
+    for name in ("topic_prior_strength", "topic_half_life_days", "session_gap_seconds"):
         del meta["config"][name]  # as written before the options existed
     (out / "run.json").write_text(json.dumps(meta))
-    topics = load_cascade(out, LogData.load(tiny_world)).cat.topics
+    cat = load_cascade(out, LogData.load(tiny_world)).cat
+    topics = cat.topics
     assert topics is not None and (topics.prior_strength, topics.half_life_days) == (1.0, 0.0)
+    assert cat.session_gap == 0 and (topics.session_gap, topics.window) == (SESSION_SECONDS, WINDOW)
+
+
+def test_current_session_is_the_chain_of_views_after_the_last_long_pause() -> None:
+    row_ts = np.array([0, 100, 130, 1000, 1030])
+    idx = np.array([[0, 1, 2, 3, 4], [0, 1, 2, 3, 4], [-1, -1, -1, 3, 4]])
+    now = np.array([1031, 5000, 1031])
+    got = current_session(row_ts, idx, now, 300)
+    # pauses 100, 30, 870, 30, then 1 s (or 3,970 s) to the request: only 870 s > 300 s splits
+    want = [[0, 0, 0, 1, 1], [0, 0, 0, 0, 0], [0, 0, 0, 1, 1]]
+    np.testing.assert_array_equal(got, np.asarray(want, bool))
+    # the legacy rule: every view younger than WINDOW, whatever pause lies between
+    legacy = current_session(row_ts, idx, now, 0)
+    np.testing.assert_array_equal(legacy[0], [True] * 5)
+    assert WINDOW > 1031 and not legacy[1].any() and legacy[2].tolist() == [0, 0, 0, 1, 1]

@@ -100,12 +100,14 @@ class Catalog:
     sub_cat: np.ndarray  # (S+1,) category + 1 of each subtopic + 1 (0 pad)
     ad_stats: np.ndarray  # (D+1, A, N_AD_STATS) logged ad statistics of the days before day d
     topics: SessionTopics | None = None  # session-topic model (topics.py), when switched on
+    session_gap: int = 0  # seconds; 0: the legacy current session (views younger than WINDOW)
 
     @classmethod
     def from_logs(cls, logs: LogData, cfg: CascadeConfig | None = None) -> Catalog:
         """The catalogue with the logged ad statistics, and the session-topic model when `cfg`
         switches it on."""
         cat = cls.from_items(logs.items, logs.ads, ad_stats(logs.journeys, logs.ads))
+        cat.session_gap = cfg.session_gap_seconds if cfg is not None else 0
         if cfg is not None and cfg.session_topics:
             kind = logs.items.column("kind").to_numpy(zero_copy_only=False)
             ids = logs.items.column("item_id").to_numpy().astype(np.int64)
@@ -116,6 +118,7 @@ class Catalog:
                 ids[kind != "ad"] + 1,
                 prior_strength=cfg.topic_prior_strength,
                 half_life_days=cfg.topic_half_life_days,
+                session_gap=cat.session_gap,
             )
         return cat
 
@@ -168,6 +171,7 @@ class Requests:
     day: np.ndarray  # (B,)
     o_item: np.ndarray  # (B, Lo) item row (id + 1), 0 pad
     o_gap: np.ndarray  # (B, Lo)
+    o_sess: np.ndarray  # (B, Lo) bool: the view belongs to the request's current session
     i_item: np.ndarray  # (B, Li)
     i_action: np.ndarray  # (B, Li) action + 1, 0 pad
     i_gap: np.ndarray  # (B, Li)
@@ -188,6 +192,20 @@ class Requests:
 def _gap_bucket(seconds: np.ndarray) -> np.ndarray:
     g = 1 + np.floor(np.log2(1.0 + np.maximum(seconds, 0))).astype(np.int64)
     return np.minimum(g, N_GAP)
+
+
+def current_session(row_ts: np.ndarray, idx: np.ndarray, now: np.ndarray, gap: int) -> np.ndarray:
+    """(B, L) mask of the history rows `idx` (B, L; oldest first, -1 padding) that belong to the
+    current session at times `now` (B,): with gap > 0, the views after the last pause longer
+    than `gap` seconds (a chain of views, each within `gap` of the next event); with gap = 0, the
+    legacy rule, views younger than the WINDOW of topics.py (a pause inside it did not split)."""
+    ok = idx >= 0
+    t = np.where(ok, row_ts[np.maximum(idx, 0)], 0).astype(np.int64)
+    if gap <= 0:
+        return ok & (_gap_bucket(now[:, None] - t) <= SESSION_BUCKET)
+    nxt = np.concatenate([t[:, 1:], np.asarray(now, np.int64)[:, None]], 1)
+    close = ok & (nxt - t <= gap)
+    return np.cumprod(close[:, ::-1], axis=1)[:, ::-1].astype(bool)
 
 
 def request_features(
@@ -223,6 +241,7 @@ def request_features(
     o_idx = jour.last(pos, n_organic, ("O",))
     i_idx = jour.last(pos, n_ads, ("I",))
     o_item, o_gap = hist(o_idx)
+    o_sess = current_session(jour.ts, o_idx, ts, cat.session_gap)
     i_item, i_gap = hist(i_idx)
     i_action = np.where(i_idx >= 0, jour.action[np.maximum(i_idx, 0)] + 1, 0).astype(np.int8)
     l_idx = jour.last(pos, n_long, ("O",))
@@ -248,6 +267,7 @@ def request_features(
         day=jour.day[pos].astype(np.int64),
         o_item=o_item,
         o_gap=o_gap,
+        o_sess=o_sess,
         i_item=i_item,
         i_action=i_action,
         i_gap=i_gap,
@@ -383,7 +403,7 @@ def _share(hist: torch.Tensor, mask: torch.Tensor, target: torch.Tensor) -> torc
 
 def session_views(r: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B, Lo) mask of the organic history that belongs to the current session."""
-    return (r["o_item"] > 0) & (r["o_gap"].long() <= SESSION_BUCKET)
+    return (r["o_item"] > 0) & r["o_sess"]
 
 
 def session_mean(

@@ -36,11 +36,14 @@ WINDOW = 2**SESSION_BUCKET - 1  # views younger than this fall in those buckets
 N_TOPIC = 6  # width of topic_features
 
 
-def _sessions(jour: Journeys, subtopic: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Organic rows, their session number (rows are sorted by user, then time) and subtopic."""
+def _sessions(
+    jour: Journeys, subtopic: np.ndarray, gap: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Organic rows, their session number (rows are sorted by user, then time; a pause longer
+    than `gap` seconds starts a session) and subtopic."""
     rows = np.nonzero(jour.ttype == TYPE_CODE["O"])[0]
     u, ts = jour.user[rows], jour.ts[rows]
-    new = np.r_[True, (u[1:] != u[:-1]) | (ts[1:] - ts[:-1] > SESSION_SECONDS)]
+    new = np.r_[True, (u[1:] != u[:-1]) | (ts[1:] - ts[:-1] > gap)]
     return rows, np.cumsum(new) - 1, subtopic[jour.item[rows] + 1] - 1
 
 
@@ -65,6 +68,8 @@ class SessionTopics:
     centroid: np.ndarray  # (S, E) mean content embedding of each subtopic's organic items
     prior_strength: float
     half_life_days: float = 0.0  # > 0: earlier sessions' weight halves every this many days
+    session_gap: int = SESSION_SECONDS  # a longer pause between views starts a session
+    window: int = WINDOW  # the prior counts the sessions that ended this long before a request
     _cache: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @classmethod
@@ -81,18 +86,23 @@ class SessionTopics:
         em_strength: float = 1.0,
         prior_strength: float = 1.0,
         half_life_days: float = 0.0,
+        session_gap: int = 0,
     ) -> SessionTopics:
         """EM on the train days' sessions. subtopic / content: per item row (item id + 1, 0 pad;
         subtopic + 1); organic_rows: the item rows of the organic catalogue. em_strength: the
         pseudo-sessions of global shares in each user's shares during EM; prior_strength and
-        half_life_days: the same, and the forgetting, of the request-time filter (`prior`)."""
+        half_life_days: the same, and the forgetting, of the request-time filter (`prior`).
+        session_gap: seconds of pause that end a session (0: the legacy SESSION_SECONDS, with the
+        current session taken as the views of the last WINDOW seconds)."""
+        window = session_gap + 1 if session_gap > 0 else WINDOW  # ended > gap before: not current
+        session_gap = session_gap if session_gap > 0 else SESSION_SECONDS
         n_sub = int(subtopic.max())
         sub_o = subtopic[organic_rows] - 1
         size = np.bincount(sub_o, minlength=n_sub).astype(np.float64) + 1.0
         centroid = np.zeros((n_sub, content.shape[1]))
         np.add.at(centroid, sub_o, content[organic_rows])
         centroid /= size[:, None]
-        rows, sess, sub = _sessions(jour, subtopic)
+        rows, sess, sub = _sessions(jour, subtopic, session_gap)
         train = jour.split[rows] == SPLIT_CODE["train"]
         _, sess_t = np.unique(sess[train], return_inverse=True)
         counts = _counts(sess_t, sub[train], n_sub).astype(np.float64)
@@ -121,6 +131,8 @@ class SessionTopics:
             centroid=centroid.astype(np.float32),
             prior_strength=prior_strength,
             half_life_days=half_life_days,
+            session_gap=session_gap,
+            window=window,
         )
 
     @property
@@ -140,7 +152,7 @@ class SessionTopics:
         user's topics sharpen as their history grows (a sequential Bayes filter); with a half
         life, old sessions fade, so an interest that was replaced stops counting."""
         if self._cache.get("jour") is not jour:
-            rows, sess, sub = _sessions(jour, subtopic)
+            rows, sess, sub = _sessions(jour, subtopic, self.session_gap)
             ll = _counts(sess, sub, self.n) @ self.log_t.T  # (n_sessions, S)
             last = np.zeros(len(ll), np.int64)
             last[sess] = rows  # the session's last row (rows ascend)
@@ -178,7 +190,7 @@ class SessionTopics:
         user = jour.user[pos].astype(np.int64) * (1 << 40)
         now = jour.ts[pos].astype(np.int64)
         lo = np.searchsorted(h["key"], user, side="left")
-        hi = np.searchsorted(h["key"], user + now - WINDOW, side="right")
+        hi = np.searchsorted(h["key"], user + now - self.window, side="right")
         has = hi > lo
         j = np.where(has, hi - 1, 0)
         seen = np.where(has[:, None], h["state"][j], 0.0) if len(j) else np.zeros((0, self.n))
