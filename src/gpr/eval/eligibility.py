@@ -14,6 +14,12 @@ import pyarrow as pa
 
 from gpr.errors import GprInputError
 
+# centres of the ads' log price and log bid in the features that read them (the world's price
+# is LogNormal(3.5, 0.8); the mean log bid is 3.5 + E log U(0.1, 0.4) ≈ 2.05): the cascade's
+# match features and HTE's side features
+LOG_PRICE_CENTRE = 3.5
+LOG_BID_CENTRE = 2.1
+
 AD_COLUMNS = (
     "target_ages",
     "target_regions",

@@ -16,8 +16,8 @@ from torch import nn
 
 # the candidate's side features, in order (computed by serve.policy.hte_side_features)
 SIDE_FEATURES = (
-    "log_price",  # log product price - 3.5
-    "log_bid",  # log bid - 2.1
+    "log_price",  # log product price - LOG_PRICE_CENTRE (eval.eligibility)
+    "log_bid",  # log bid - LOG_BID_CENTRE
     "new_ad",  # 1 while the ad is at most NEW_AD_DAYS old
     "log_age",  # log(1 + days since creation)
     "user_log_price",  # mean centred log price of the ads in the user's history (0 if none)

@@ -16,7 +16,7 @@ import torch
 
 from gpr.config import serve_config
 from gpr.errors import GprInputError
-from gpr.eval.eligibility import Ads
+from gpr.eval.eligibility import LOG_BID_CENTRE, LOG_PRICE_CENTRE, Ads
 from gpr.eval.policy import Ranked, RequestBatch
 from gpr.eval.simulate import NEW_AD_DAYS
 from gpr.model.gpr import GPRModel
@@ -37,19 +37,19 @@ def hte_side_features(b: Batch, items: torch.Tensor, ads: Ads, days: np.ndarray)
     a = ads.index_of(items.numpy())
     ok = a >= 0
     a0 = np.maximum(a, 0)
-    lp = np.where(ok, np.log(ads.price[a0]) - 3.5, 0.0)
+    lp = np.where(ok, np.log(ads.price[a0]) - LOG_PRICE_CENTRE, 0.0)
     age = np.clip(np.asarray(days)[:, None] - ads.created_day[a0], 0, None)
     hist = b.item[b.pred_b].numpy()
     ha = ads.index_of(hist)
     before = np.arange(hist.shape[1])[None, :] < b.pred_t.numpy()[:, None]
     h_ok = (ha >= 0) & before & (b.ttype[b.pred_b].numpy() == I)
     n_h = h_ok.sum(1)
-    h_lp = np.where(h_ok, np.log(ads.price[np.maximum(ha, 0)]) - 3.5, 0.0).sum(1) / np.maximum(
-        n_h, 1
-    )
+    h_lp = np.where(h_ok, np.log(ads.price[np.maximum(ha, 0)]) - LOG_PRICE_CENTRE, 0.0).sum(
+        1
+    ) / np.maximum(n_h, 1)
     cols = {
         "log_price": lp,
-        "log_bid": np.where(ok, np.log(ads.bid[a0]) - 2.1, 0.0),
+        "log_bid": np.where(ok, np.log(ads.bid[a0]) - LOG_BID_CENTRE, 0.0),
         "new_ad": age <= NEW_AD_DAYS,
         "log_age": np.log1p(age),
         "user_log_price": np.broadcast_to(h_lp[:, None], lp.shape),

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from gpr.config import CascadeConfig
-from gpr.eval.eligibility import Ads, Users
+from gpr.eval.eligibility import LOG_BID_CENTRE, LOG_PRICE_CENTRE, Ads, Users
 from gpr.eval.history import TYPE_CODE, Journeys, LogData
 from gpr.train.cascade.topics import SESSION_BUCKET, SessionTopics, topic_features
 
@@ -386,7 +386,9 @@ class FeatureEmbedder(nn.Module):
 
     def ad_numeric(self, a: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
         """(.., 2) log bid and log price, centred; a (B, K), day (B,)."""
-        return torch.stack([self.log_bid[a] - 2.1, self.log_price[a] - 3.5], -1)
+        return torch.stack(
+            [self.log_bid[a] - LOG_BID_CENTRE, self.log_price[a] - LOG_PRICE_CENTRE], -1
+        )
 
     def ad_age(self, a: torch.Tensor, day: torch.Tensor) -> torch.Tensor:
         return self.age(age_bucket(day[:, None] - self.created_day[a]))
@@ -451,13 +453,13 @@ def match_features(e: FeatureEmbedder, r: dict[str, torch.Tensor], a: torch.Tens
         ],
         -1,
     )[:, None, :].expand(*a.shape, 3)
-    lp = e.log_price[a] - 3.5
-    numeric = torch.stack([lp, e.log_bid[a] - 2.1], -1)
+    lp = e.log_price[a] - LOG_PRICE_CENTRE
+    numeric = torch.stack([lp, e.log_bid[a] - LOG_BID_CENTRE], -1)
     # the price level of the ads the user was shown: the logging cascade showed cheaper ads to
     # price-sensitive users, so it proxies price sensitivity (pCVR's price slope); 0 when none
     slot = e.ad_slot[i]
     shown = slot > 0
-    hist_lp = (e.log_price[(slot - 1).clamp(min=0)] - 3.5) * shown
+    hist_lp = (e.log_price[(slot - 1).clamp(min=0)] - LOG_PRICE_CENTRE) * shown
     hist_lp = hist_lp.sum(1) / shown.sum(1).clamp(min=1)  # (B,)
     price = torch.stack(
         [
