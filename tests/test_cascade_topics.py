@@ -164,15 +164,21 @@ def test_cascade_with_session_topics_trains_and_reloads(tiny_world: Path, tmp_pa
     assert torch.isfinite(w).all() and w.abs().sum() > 0  # the topic features were learnt on
 
 
+def _saved_before(out: Path, *fields: str) -> None:
+    """Rewrite run `out`'s run.json as written before these config fields existed."""
+    meta = json.loads((out / "run.json").read_text())
+    for name in fields:
+        del meta["config"][name]
+    (out / "run.json").write_text(json.dumps(meta))
+
+
 def test_runs_saved_before_session_topics_load_with_them_off(
     tiny_world: Path, tmp_path: Path
 ) -> None:
     cfg = cascade_config("tiny", epochs=1, wide_epochs=1, retrieval_epochs=1, session_topics=False)
     out = tmp_path / "run"
     train_cascade(tiny_world, cfg, 0, out)
-    meta = json.loads((out / "run.json").read_text())
-    del meta["config"]["session_topics"]  # as written before the option existed
-    (out / "run.json").write_text(json.dumps(meta))
+    _saved_before(out, "session_topics")
     c = load_cascade(out, LogData.load(tiny_world))
     assert c.cat.topics is None and c.ranking.wide_ctr.in_features == N_MATCH
 
@@ -185,10 +191,7 @@ def test_runs_saved_before_the_prior_options_load_with_the_old_prior(
     train_cascade(tiny_world, cfg, 0, out)
     now = load_cascade(out, LogData.load(tiny_world)).cat
     assert now.session_gap == 300 and now.topics.half_life_days == 2.0  # type: ignore[union-attr]
-    meta = json.loads((out / "run.json").read_text())
-    for name in ("topic_prior_strength", "topic_half_life_days", "session_gap_seconds"):
-        del meta["config"][name]  # as written before the options existed
-    (out / "run.json").write_text(json.dumps(meta))
+    _saved_before(out, "topic_prior_strength", "topic_half_life_days", "session_gap_seconds")
     cat = load_cascade(out, LogData.load(tiny_world)).cat
     topics = cat.topics
     assert topics is not None and (topics.prior_strength, topics.half_life_days) == (1.0, 0.0)

@@ -42,8 +42,12 @@ def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
             field="items_sha256",
         )
     # runs saved before an option existed load with the behaviour they were trained with
-    legacy = {"session_topics": False, "topic_prior_strength": 1.0, "topic_half_life_days": 0.0}
-    legacy["session_gap_seconds"] = 0
+    legacy = {
+        "session_topics": False,
+        "topic_prior_strength": 1.0,
+        "topic_half_life_days": 0.0,
+        "session_gap_seconds": 0,
+    }
     cfg = CascadeConfig.model_validate({**legacy, **meta["config"]})
     cat = Catalog.from_logs(logs, cfg)
     n_users = int(meta["n_users"])

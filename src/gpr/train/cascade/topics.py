@@ -191,10 +191,10 @@ class SessionTopics:
         now = jour.ts[pos].astype(np.int64)
         lo = np.searchsorted(h["key"], user, side="left")
         hi = np.searchsorted(h["key"], user + now - self.window, side="right")
-        has = hi > lo
-        j = np.where(has, hi - 1, 0)
-        seen = np.where(has[:, None], h["state"][j], 0.0) if len(j) else np.zeros((0, self.n))
-        seen = seen * self._decay(now - h["ts"][j])[:, None] if len(j) else seen
+        has = hi > lo  # the user's last session that ended before the current one: hi - 1
+        seen = np.zeros((len(pos), self.n))
+        last = hi[has] - 1
+        seen[has] = h["state"][last] * self._decay(now[has] - h["ts"][last])[:, None]
         return self._normalise(seen).astype(np.float32)
 
 
