@@ -436,6 +436,7 @@ def _hand_journeys() -> tuple[Journeys, Users]:
         split=np.zeros(t, dtype=np.int64),
         request=np.arange(t),
         n_user_tokens=0,
+        ts=np.arange(t) * 60,
     )
     tier = np.full(21, -1)
     tier[[10, 20]] = [2, 0]

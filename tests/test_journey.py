@@ -41,6 +41,7 @@ def _journeys() -> Journeys:
         split=split,
         request=req,
         n_user_tokens=1,
+        ts=np.where(ttype == U, 0, np.arange(n) * 10),
     )
 
 
@@ -85,6 +86,10 @@ def test_collate_drops_labels_outside_allowed_splits() -> None:
     assert b.target_codes[b.position == 2][0, 0].tolist() == [*codes[10].tolist(), 0]
     # the U token stays in front of every window
     assert (b.ttype[:, 0] == U).all()
+    # timestamps travel with their tokens (the U token's is 0)
+    for r, w in enumerate(wins):
+        n = w.end - w.start
+        assert b.ts[r, 0] == 0 and b.ts[r, 1 : 1 + n].tolist() == j.ts[w.start : w.end].tolist()
 
 
 def test_retrieval_metrics_known_answers() -> None:

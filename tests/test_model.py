@@ -7,13 +7,14 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
 from gpr.config import ModelConfig, load_config
 from gpr.model.gpr import GPRModel, merge_ranked
 from gpr.model.journey import E, I, O, U, collate, make_windows, positions_for_split
-from gpr.model.masks import hybrid_mask
+from gpr.model.masks import NO_TIME, TIME_BUCKETS, hybrid_mask, time_buckets
 from gpr.model.thoughts import cached_topic_table, default_template
 from gpr.model.trie import Trie
 from gpr.train.mtp import Prepared, build_model, model_config_for, prepare
@@ -71,8 +72,13 @@ def _first_level_logits(model: GPRModel, b) -> torch.Tensor:  # type: ignore[no-
     return torch.stack(out, 1)
 
 
-@pytest.mark.parametrize(("hybrid", "item_ids"), [(True, False), (False, False), (True, True)])
-def test_no_future_token_changes_a_prediction(prep: Prepared, hybrid: bool, item_ids: bool) -> None:
+@pytest.mark.parametrize(
+    ("hybrid", "item_ids", "time_bias"),
+    [(True, False, False), (False, False, False), (True, True, False), (True, False, True)],
+)
+def test_no_future_token_changes_a_prediction(
+    prep: Prepared, hybrid: bool, item_ids: bool, time_bias: bool
+) -> None:
     torch.manual_seed(0)
     mcfg = load_config("tiny").model.model_copy(
         update={
@@ -80,9 +86,14 @@ def test_no_future_token_changes_a_prediction(prep: Prepared, hybrid: bool, item
             "dropout": 0.0,
             "item_ids": item_ids,
             "content_input": item_ids,
+            "time_bias": time_bias,
         }
     )
     model = build_model(prep, mcfg).eval()
+    if time_bias:  # a non-zero bias, so that later timestamps could matter
+        for name, w in model.hsd.named_parameters():
+            if "time_bias" in name:
+                torch.nn.init.normal_(w, std=1.0)
     b = _batch(prep)
     base = _first_level_logits(model, b)
     gen = torch.Generator().manual_seed(1)
@@ -100,6 +111,8 @@ def test_no_future_token_changes_a_prediction(prep: Prepared, hybrid: bool, item
             item[sel & (item >= 0)] = (item[sel & (item >= 0)] + 1) % len(prep.sids.codes)
             field[sel] = torch.randint(0, 3, field[sel].shape, generator=gen)
             action[sel] = (action[sel] + 1) % 3
+            ts = b.ts.clone()
+            ts[sel] = ts[sel] + torch.randint(1, 10**6, ts[sel].shape, generator=gen)
             ttype = b.ttype.clone()
             if kind is None:
                 ttype[sel] = torch.where(ttype[sel] == O, E, O)
@@ -111,6 +124,7 @@ def test_no_future_token_changes_a_prediction(prep: Prepared, hybrid: bool, item
                     "action": action,
                     "ttype": ttype,
                     "item": item,
+                    "ts": ts,
                 }
             )
             new = _first_level_logits(model, pert)
@@ -135,6 +149,7 @@ COMPONENTS = [
     {"mtp_heads": 1},
     {"item_ids": True},
     {"content_input": True},
+    {"time_bias": True},
 ]
 
 
@@ -179,6 +194,45 @@ def test_content_input_needs_the_content_table(prep: Prepared) -> None:
     assert prep.content_table is not None
     ids = prep.journeys.item[prep.journeys.item >= 0][:5]
     assert prep.content_table[ids].abs().sum(1).gt(0).all()
+
+
+def test_journeys_carry_the_event_timestamps(prep: Prepared, tiny_world: Path) -> None:
+    j = prep.journeys
+    ev = pq.read_table(tiny_world / "events.parquet", columns=["token_type", "timestamp"])
+    ev_ts = [t for k, t in zip(*ev.to_pydict().values(), strict=True) if k != "U"]
+    body = j.ttype != U
+    assert (j.ts[~body] == 0).all()
+    assert sorted(j.ts[body].tolist()) == sorted(ev_ts)
+    for u in range(j.n_users):  # journey order is time order within a user
+        t = j.ts[j.indptr[u] + j.n_user_tokens : j.indptr[u + 1]]
+        assert (np.diff(t) >= 0).all()
+
+
+def test_time_buckets_on_known_gaps() -> None:
+    ttype = torch.tensor([[U, O, O, E, I, -1]])
+    ts = torch.tensor([[0, 100, 101, 400, 100 + 2**30, 0]])
+    got = time_buckets(ts, ttype)[0]
+    # |dt| < 1 s -> 0; 1 s -> 1; 300 s -> 1 + floor(log2 300) = 9; 2^30 s -> the last bucket
+    assert got[1, 1] == 0 and got[1, 2] == got[2, 1] == 1
+    assert got[1, 3] == got[3, 1] == 9 and got[2, 3] == 9  # 299 s: also 1 + 8
+    assert got[1, 4] == TIME_BUCKETS - 1
+    assert (got[0] == NO_TIME).all() and (got[:, 0] == NO_TIME).all()  # U token
+    assert (got[5] == NO_TIME).all() and (got[:, 5] == NO_TIME).all()  # padding
+
+
+def test_time_bias_reads_the_gaps_between_events(prep: Prepared) -> None:
+    torch.manual_seed(0)
+    mcfg = load_config("tiny").model.model_copy(update={"time_bias": True, "dropout": 0.0})
+    model = build_model(prep, mcfg).eval()
+    b = _batch(prep, n=4)
+    base = _first_level_logits(model, b)
+    stretched = type(b)(**{**b.__dict__, "ts": b.ts * 7})  # every gap 7x longer
+    # a zero-initialised bias: the model starts as the one without it
+    torch.testing.assert_close(_first_level_logits(model, stretched), base)
+    for name, w in model.hsd.named_parameters():
+        if "time_bias" in name:
+            torch.nn.init.normal_(w, std=1.0)
+    assert not torch.allclose(_first_level_logits(model, stretched), _first_level_logits(model, b))
 
 
 def test_hstu_baseline_is_gpr_with_components_off() -> None:
@@ -274,3 +328,13 @@ def test_thought_table_cache_skips_the_encoder(tmp_path: Path) -> None:
     cached_topic_table(tmp_path, ["skincare"], factory, "fake")  # other texts: a new entry
     cached_topic_table(tmp_path, ["skincare", "hair"], factory, "other")  # other encoder too
     assert len(calls) == 3 and len(list(tmp_path.glob("thoughts_*.npy"))) == 3
+
+
+def test_time_bias_starts_as_the_model_without_it(prep: Prepared) -> None:
+    b = _batch(prep, n=4)
+    out = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        mcfg = load_config("tiny").model.model_copy(update={"time_bias": on, "dropout": 0.0})
+        out.append(_first_level_logits(build_model(prep, mcfg).eval(), b))
+    torch.testing.assert_close(out[1], out[0])

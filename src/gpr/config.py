@@ -139,6 +139,9 @@ class ModelConfig(_Strict):
     # the item's content embedding (what the tokenizer encodes), projected and added to O/I input
     # tokens: content similarity reaches the model directly, also for items never seen in training
     content_input: bool = False
+    # HSTU's temporal attention bias (model/hsd.py): a learned per-head bias by the log2 bucket of
+    # the seconds between two events, so the model can tell the current session's views apart
+    time_bias: bool = False
 
 
 class TrainConfig(_Strict):

@@ -15,7 +15,7 @@ from gpr.model.embed import TokenEmbedding
 from gpr.model.hsd import HSD
 from gpr.model.hte import HTE, SIDE_FEATURES
 from gpr.model.journey import Batch
-from gpr.model.masks import causal_mask, hybrid_mask
+from gpr.model.masks import causal_mask, hybrid_mask, time_buckets
 from gpr.model.ptd import PTD, masked_log_softmax
 from gpr.model.trie import Trie
 
@@ -57,6 +57,7 @@ class GPRModel(nn.Module):
             cfg.token_aware_ln,
             cfg.token_aware_ffn,
             cfg.mor_extra,
+            cfg.time_bias,
         )
         self.ptd = PTD(
             d,
@@ -81,7 +82,7 @@ class GPRModel(nn.Module):
     # --- user understanding -------------------------------------------------------------------
     def encode(self, b: Batch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Intent h_p (P, d) at each prediction position and its recent context (P, W, d) + mask."""
-        x, ttype, pred_t = self.embed(b), b.ttype, b.pred_t
+        x, ttype, pred_t, ts = self.embed(b), b.ttype, b.pred_t, b.ts
         if self.thoughts and b.thought.numel():
             # thought tokens go in front and behave like U tokens (visible to all)
             tt = b.thought
@@ -90,8 +91,11 @@ class GPRModel(nn.Module):
             x = torch.cat([xt * (tt >= 0).unsqueeze(-1), x], dim=1)
             ttype = torch.cat([torch.where(tt >= 0, 0, -1), ttype], dim=1)
             pred_t = pred_t + tt.shape[1]
+            if self.cfg.time_bias:
+                ts = torch.cat([torch.zeros_like(tt), ts], dim=1)
         mask = hybrid_mask(ttype) if self.cfg.hybrid_attention else causal_mask(ttype)
-        hid = self.hsd(x, ttype.clamp(min=0), mask)
+        tb = time_buckets(ts, ttype) if self.cfg.time_bias else None
+        hid = self.hsd(x, ttype.clamp(min=0), mask, tb)
         w = self.cfg.recent_window
         idx = pred_t.unsqueeze(1) - torch.arange(w, device=hid.device).unsqueeze(0)  # (P, W)
         ok = idx >= 0

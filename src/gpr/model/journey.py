@@ -5,6 +5,7 @@ Token fields, per position:
 - codes (L,): semantic-ID path of the O/I item (pad = codebook_size elsewhere).
 - field (4,): E -> scene, slot, device, hour; U -> feature group, value; else 0.
 - action: the I token's outcome (0 impression, 1 click, 2 conversion); else 0.
+- ts: the event's timestamp in seconds (0 on U tokens); read only by HSD's time bias.
 
 Prediction positions: an E token whose request showed an ad (the ad world), or every I token that
 has a later I token (public data). Head j's target is the ad of the j-th I token after the
@@ -75,6 +76,7 @@ class Journeys:
     split: np.ndarray
     request: np.ndarray
     n_user_tokens: int  # leading U tokens of every stream (kept by truncation)
+    ts: np.ndarray  # (T,) event timestamp in seconds (0 on U tokens)
 
     @property
     def n_users(self) -> int:
@@ -118,6 +120,8 @@ def build_journeys(ds: Dataset) -> Journeys:
     out_day[body] = ds.col("events", "day")[rows]
     out_split[body] = _codes(ds.col("events", "split")[rows], SPLIT_CODE)
     out_req[body] = ds.col("events", "request_id")[rows]
+    out_ts = np.zeros(total, dtype=np.int64)
+    out_ts[body] = ds.col("events", "timestamp")[rows]
     by_id = np.argsort(uid)
     for g, f in enumerate(known):
         pos = indptr[:-1] + g
@@ -129,7 +133,17 @@ def build_journeys(ds: Dataset) -> Journeys:
         out_day[indptr[:-1] + g] = out_day[first_body]
         out_split[indptr[:-1] + g] = out_split[first_body]
     return Journeys(
-        indptr, uid_sorted, out_t, out_item, out_field, out_action, out_day, out_split, out_req, n_u
+        indptr,
+        uid_sorted,
+        out_t,
+        out_item,
+        out_field,
+        out_action,
+        out_day,
+        out_split,
+        out_req,
+        n_u,
+        out_ts,
     )
 
 
@@ -220,6 +234,8 @@ class Batch:
     request: torch.Tensor  # (P,) request id of the position (-1 for public data)
     position: torch.Tensor  # (P,) absolute token index (for bookkeeping)
     thought: torch.Tensor = dc_field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
+    # (B, T) event timestamps in seconds
+    ts: torch.Tensor = dc_field(default_factory=lambda: torch.zeros(0, 0, dtype=torch.long))
 
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
@@ -242,6 +258,7 @@ def collate(
     field = np.zeros((b, max_len, 4), dtype=np.int64)
     action = np.zeros((b, max_len), dtype=np.int64)
     item = np.full((b, max_len), -1, dtype=np.int64)
+    ts = np.zeros((b, max_len), dtype=np.int64)
     pb, pt, pp = [], [], []
     for r, w in enumerate(windows):
         head = np.arange(j.indptr[w.user], j.indptr[w.user] + n_u)
@@ -254,6 +271,7 @@ def collate(
         codes[r, :n] = np.where(c < 0, K, c)
         field[r, :n] = j.field[idx]
         action[r, :n] = j.action[idx]
+        ts[r, :n] = j.ts[idx]
         item[r, :n] = np.where(np.isin(j.ttype[idx], (O, I)), it, -1)
         own = np.nonzero(pred_mask[w.own_from : w.end])[0] + w.own_from
         pb.append(np.full(len(own), r))
@@ -289,6 +307,7 @@ def collate(
         shown_action=torch.from_numpy(shown),
         request=torch.from_numpy(j.request[pos]),
         position=torch.from_numpy(pos),
+        ts=torch.from_numpy(ts),
     )
 
 

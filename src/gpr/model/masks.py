@@ -38,3 +38,17 @@ def _finish(allowed: torch.Tensor, ttype: torch.Tensor) -> torch.Tensor:
     """Every query sees at least itself, so padded rows never produce NaN."""
     eye = torch.eye(ttype.shape[1], dtype=torch.bool, device=ttype.device).unsqueeze(0)
     return allowed | eye
+
+
+TIME_BUCKETS = 28  # |dt| buckets: 0 for < 1 s, then 1 + floor(log2 dt) up to 2^26 s (~2 years)
+NO_TIME = TIME_BUCKETS  # pairs with a U (or thought) token or padding: no time between them
+
+
+def time_buckets(ts: torch.Tensor, ttype: torch.Tensor) -> torch.Tensor:
+    """(B, T, T) log2 bucket of |ts_q - ts_k| in seconds (HSTU's temporal attention bias);
+    NO_TIME where either token is a U token or padding."""
+    dt = (ts.unsqueeze(2) - ts.unsqueeze(1)).abs().double()
+    b = torch.where(dt < 1, 0.0, 1 + torch.log2(dt.clamp(min=1)).floor())
+    b = b.clamp(max=TIME_BUCKETS - 1).long()
+    timed = ttype > U
+    return torch.where(timed.unsqueeze(2) & timed.unsqueeze(1), b, NO_TIME)
