@@ -72,6 +72,13 @@ def _first_level_logits(model: GPRModel, b) -> torch.Tensor:  # type: ignore[no-
     return torch.stack(out, 1)
 
 
+def _randomise_time_bias(model: GPRModel) -> None:
+    """Replace the zero-initialised temporal biases by N(0, 1) ones."""
+    for name, w in model.hsd.named_parameters():
+        if "time_bias" in name:
+            torch.nn.init.normal_(w, std=1.0)
+
+
 @pytest.mark.parametrize(
     ("hybrid", "item_ids", "time_bias"),
     [(True, False, False), (False, False, False), (True, True, False), (True, False, True)],
@@ -91,9 +98,7 @@ def test_no_future_token_changes_a_prediction(
     )
     model = build_model(prep, mcfg).eval()
     if time_bias:  # a non-zero bias, so that later timestamps could matter
-        for name, w in model.hsd.named_parameters():
-            if "time_bias" in name:
-                torch.nn.init.normal_(w, std=1.0)
+        _randomise_time_bias(model)
     b = _batch(prep)
     base = _first_level_logits(model, b)
     gen = torch.Generator().manual_seed(1)
@@ -229,9 +234,7 @@ def test_time_bias_reads_the_gaps_between_events(prep: Prepared) -> None:
     stretched = type(b)(**{**b.__dict__, "ts": b.ts * 7})  # every gap 7x longer
     # a zero-initialised bias: the model starts as the one without it
     torch.testing.assert_close(_first_level_logits(model, stretched), base)
-    for name, w in model.hsd.named_parameters():
-        if "time_bias" in name:
-            torch.nn.init.normal_(w, std=1.0)
+    _randomise_time_bias(model)
     assert not torch.allclose(_first_level_logits(model, stretched), _first_level_logits(model, b))
 
 

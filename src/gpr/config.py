@@ -140,7 +140,7 @@ class ModelConfig(_Strict):
     # tokens: content similarity reaches the model directly, also for items never seen in training
     content_input: bool = False
     # HSTU's temporal attention bias (model/hsd.py): a learned per-head bias by the log2 bucket of
-    # the seconds between two events, so the model can tell the current session's views apart
+    # the seconds between two events, so attention can weigh events by their age
     time_bias: bool = False
 
 

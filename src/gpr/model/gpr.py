@@ -91,7 +91,7 @@ class GPRModel(nn.Module):
             x = torch.cat([xt * (tt >= 0).unsqueeze(-1), x], dim=1)
             ttype = torch.cat([torch.where(tt >= 0, 0, -1), ttype], dim=1)
             pred_t = pred_t + tt.shape[1]
-            if self.cfg.time_bias:
+            if self.cfg.time_bias:  # batches built without timestamps have an empty ts
                 ts = torch.cat([torch.zeros_like(tt), ts], dim=1)
         mask = hybrid_mask(ttype) if self.cfg.hybrid_attention else causal_mask(ttype)
         tb = time_buckets(ts, ttype) if self.cfg.time_bias else None

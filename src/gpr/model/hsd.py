@@ -3,7 +3,7 @@
 HSTU-style blocks, `Softmax(QK^T/sqrt(d) + M) V * silu(U)`, with the hybrid mask, token-aware
 LayerNorm / FFN (separate parameters per token type) and a mixture-of-recursions block. With
 `time_bias`, each block adds HSTU's temporal bias: a learned per-head bias by the log2 bucket of
-the time between query and key (masks.time_buckets), which tells a session's views from older ones.
+the time between query and key (masks.time_buckets), so attention can weigh events by their age.
 """
 
 from __future__ import annotations
