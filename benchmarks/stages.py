@@ -6,7 +6,10 @@
 Per seed, under --work/s{seed} (every step is cached and skipped when its output exists, so an
 interrupted run resumes): the world (`--cache`, shared with benchmarks/business.py), RQ-Kmeans+
 SIDs, the cascade (the simulator's ranking models and the baseline), GPR MTP, then VAFT from MTP,
-DPO from VAFT, HEPO from DPO and HEPO with ARR from DPO. Each run gets the value evaluation
+DPO from VAFT, then HEPO from DPO and HEPO with ARR from DPO twice: as Eq. 5-10 stand (z-scored
+leaf, final_value reward, KL 0.01 to its init, DPO) and anchored to VAFT (`ANCHORED`: KL 0.5 to
+the VAFT run, centred leaf, log reward, the reference's top-20 as candidates, the checkpoint
+kept by the regularised objective; stages_analysis.md §13). Each run gets the value evaluation
 (`gpr eval --value`, K = 40 on `--value-limit` test requests) and the test-day replay
 (`gpr simulate`, beam `--beam` per MTP head). Writes docs/results/stages.md (--out).
 """
@@ -29,7 +32,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from business import ms, pct, world  # noqa: E402
 
-from gpr.config import GprConfig, load_config  # noqa: E402
+from gpr.config import AlignConfig, GprConfig, load_config  # noqa: E402
 from gpr.eval.simulate import SimData, simulate  # noqa: E402
 from gpr.eval.value import value_eval  # noqa: E402
 from gpr.serve.policy import GenerativePolicy  # noqa: E402
@@ -40,15 +43,35 @@ from gpr.train.cascade.train import train_cascade  # noqa: E402
 from gpr.train.mtp import train  # noqa: E402
 from gpr.train.vaft import train_vaft  # noqa: E402
 
-STAGES = ("mtp", "vaft", "dpo", "hepo", "hepo_arr")
+STAGES = ("mtp", "vaft", "dpo", "hepo", "hepo_arr", "hepo_vaft", "hepo_vaft_arr")
 LABEL = {
     "mtp": "MTP",
     "vaft": "+VAFT",
     "dpo": "+DPO",
-    "hepo": "+HEPO",
-    "hepo_arr": "+HEPO with ARR",
+    "hepo": "+HEPO (Eq. 8's z-score, KL to DPO)",
+    "hepo_arr": "+HEPO with ARR (Eq. 8's z-score, KL to DPO)",
+    "hepo_vaft": "+HEPO (KL to VAFT)",
+    "hepo_vaft_arr": "+HEPO with ARR (KL to VAFT)",
 }
 VALUE_RANKED = ("mtp", "hepo_arr")
+# HEPO anchored to the fine-tuned run: with a log reward and the centred leaf the optimum of
+# E[R] - β KL(π || π_VAFT) is π ∝ π_VAFT · final_value^(1/β) (β = 0.5: the simulator's value
+# squared), which DPO's drift cannot move (stages_analysis.md §13)
+ANCHORED = {
+    "reward": "log_value",
+    "leaf_advantage": "center",
+    "kl_weight": 0.5,
+    "candidate_pool": 20,
+    "select": "objective",
+}
+# stage: (init, reference or None for the init, ARR, anchored settings)
+ALIGNED = {
+    "dpo": ("vaft", None, False, False),
+    "hepo": ("dpo", None, False, False),
+    "hepo_arr": ("dpo", None, True, False),
+    "hepo_vaft": ("dpo", "vaft", False, True),
+    "hepo_vaft_arr": ("dpo", "vaft", True, True),
+}
 SIM_KEYS = ("rpm", "ctr", "cvr", "ctcvr", "gmv_per_mille")
 
 
@@ -75,14 +98,23 @@ def train_stages(
         _, secs["mtp"] = _timed(train, wdir, tok, cfg, runs["mtp"], "gpr", False)
     if "vaft" in wanted and not (runs["vaft"] / "run.json").exists():
         _, secs["vaft"] = _timed(train_vaft, runs["mtp"], casc, cfg, runs["vaft"], False)
-    for stage, init, arr in (
-        ("dpo", "vaft", False),
-        ("hepo", "dpo", False),
-        ("hepo_arr", "dpo", True),
-    ):
+    anchored = cfg.model_copy(
+        update={"align": AlignConfig.model_validate({**cfg.align.model_dump(), **ANCHORED})}
+    )
+    for stage, (init, ref, arr, anchor) in ALIGNED.items():
         if stage in wanted and not (runs[stage] / "run.json").exists():
             kind = "dpo" if stage == "dpo" else "hepo"
-            _, secs[stage] = _timed(align, kind, runs[init], casc, cfg, runs[stage], arr, False)
+            _, secs[stage] = _timed(
+                align,
+                kind,
+                runs[init],
+                casc,
+                anchored if anchor else cfg,
+                runs[stage],
+                arr,
+                False,
+                None if ref is None else runs[ref],
+            )
     return {"runs": runs, "cascade": casc, "seconds": secs}
 
 
@@ -133,6 +165,11 @@ NOTES = """## How these numbers are made
   defaults (`align` section): 200 steps × 32 requests × K = 40 candidates, lr 1e-4, DPO β 0.1,
   HEPO 2 PPO epochs, clip 0.2, γ 1, λ 0.95, α_l 0.1, KL 0.01, value weight 0.5, ARR share 0.25;
   the best step by the simulator's value on 200 valid requests is kept.
+- "KL to VAFT": HEPO from DPO as above, but with the KL (weight 0.5) to the VAFT run instead of
+  its init (`gpr train --stage hepo --init DPO --reference VAFT`), reward log final_value, the
+  leaf advantage centred instead of z-scored (`align.leaf_advantage=center`), candidates sampled
+  among the reference's top-20 beam ads (`align.candidate_pool=20`), and the step kept by the
+  regularised objective E[log v] − 0.5 · KL on the valid requests (`align.select=objective`).
 - Value metrics: `gpr eval --value` on 1,000 test requests (K = 40 sampled candidates, true values
   min-max normalised over each request's eligible ads). RPM, CTR, CTCVR, GMV: `gpr simulate` on
   the whole test day with budgets, beam 20 per MTP head (the cascade: its own retrieval top-200).
@@ -235,15 +272,22 @@ def report(res: list[dict[str, Any]]) -> str:
             + ")"
         )
 
-    full_rpm, full_ctcvr = rel("hepo_arr", "rpm"), rel("hepo_arr", "ctcvr")
     checks = [
         f"- VAFT improves RPM over MTP beyond the seed spread: {verdict(gain('vaft', 'mtp'))}",
-        f"- HEPO improves RPM over DPO beyond the seed spread: {verdict(gain('hepo', 'dpo'))}",
-        f"- full GPR (HEPO with ARR) vs the cascade, RPM ≥ +8 %: "
-        f"**{'yes' if np.mean(full_rpm) >= 0.08 else 'no'}** ({pct(full_rpm, 1)}); "
-        f"CTCVR ≥ +5 %: **{'yes' if np.mean(full_ctcvr) >= 0.05 else 'no'}** "
-        f"({pct(full_ctcvr, 1)})",
+        "- HEPO improves RPM over DPO beyond the seed spread:",
+        f"  - HEPO with KL to VAFT: {verdict(gain('hepo_vaft', 'dpo'))}",
+        f"  - HEPO as Eq. 8 stands: {verdict(gain('hepo', 'dpo'))}",
+        "  - (for reference, HEPO with KL to VAFT over VAFT itself: "
+        f"{pct(gain('hepo_vaft', 'vaft'), 1)})",
     ]
+    for st in ("hepo_vaft_arr", "hepo_arr"):
+        full_rpm, full_ctcvr = rel(st, "rpm"), rel(st, "ctcvr")
+        checks.append(
+            f"- full GPR ({LABEL[st][1:]}) vs the cascade, RPM ≥ +8 %: "
+            f"**{'yes' if np.mean(full_rpm) >= 0.08 else 'no'}** ({pct(full_rpm, 1)}); "
+            f"CTCVR ≥ +5 %: **{'yes' if np.mean(full_ctcvr) >= 0.05 else 'no'}** "
+            f"({pct(full_ctcvr, 1)})"
+        )
     return "\n\n".join(
         [
             "## Acceptance (issue 6)\n\n" + "\n".join(checks),

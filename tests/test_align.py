@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from gpr.config import load_config
 from gpr.errors import GprInputError
@@ -399,6 +399,7 @@ def test_terminal_reward_value_and_log_value() -> None:
     cfg = load_config("tiny")
     stub = type("S", (), {})()
     stub.ac, stub.reward_scale = cfg.align, None
+    stub.log_reward = lambda v, items: Aligner.log_reward(stub, v, items)
     r = Aligner.terminal_reward(stub, np.array([1.0, 3.0]))  # mean 2 -> R / 2
     torch.testing.assert_close(r, torch.tensor([0.5, 1.5]))
     Aligner.terminal_reward(stub, np.array([4.0, 4.0]))  # EMA 0.9 * 2 + 0.1 * 4 = 2.2
@@ -654,6 +655,63 @@ def test_candidate_pool_samples_only_the_reference_beam(runs: tuple[Path, Path])
         assert item in beam[r].tolist()
 
 
+def _perturbed_copy(run: Path, out: Path, seed: int = 0) -> Path:
+    """A copy of `run` whose weights are nudged by noise: another policy on the same data."""
+    out.mkdir()
+    (out / "run.json").write_text((run / "run.json").read_text())
+    gen = torch.Generator().manual_seed(seed)
+    w = load_file(str(run / "model.safetensors"))
+    params = {k for k, _ in mtp.load_run(run)[0].named_parameters()}  # not the buffers
+    noisy = {k: v + 0.05 * torch.randn(v.shape, generator=gen) if k in params else v
+             for k, v in w.items()}  # fmt: skip
+    save_file(noisy, str(out / "model.safetensors"))
+    return out
+
+
+def test_reference_run_and_the_regularised_objective(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """--reference: the KL anchor is that run, not the init. The valid objective is E[log v]
+    minus kl_weight × the level KL to it, on the same samples (they come from the policy)."""
+    ref = _perturbed_copy(runs[0], tmp_path / "ref")
+    over = ["align.reward=log_value", "align.kl_weight=0.5", "align.select=objective"]
+    cfg = load_config("tiny", overrides=[*over, "align.eval_requests=12"])
+    own = Aligner(runs[0], runs[1], cfg, "hepo")
+    other = Aligner(runs[0], runs[1], cfg, "hepo", reference=ref)
+    w_ref = load_file(str(ref / "model.safetensors"))
+    key = next(k for k in w_ref if k.endswith("weight"))
+    assert torch.equal(other.ref.state_dict()[key], w_ref[key])
+    assert torch.equal(own.ref.state_dict()[key], own.model.state_dict()[key])
+    assert not torch.equal(other.ref.state_dict()[key], other.model.state_dict()[key])
+    # by hand, on the samples both draw (the same policy, the same validation generator)
+    req, b, counts = other._prepare(other.valid)
+    roll = sample(other.model, b, other.trie, counts, cfg.align.candidates, 1.0,
+                  torch.Generator().manual_seed(cfg.seed + 1))  # fmt: skip
+    logv = log_value(other.rewards(req, roll)).mean()
+    with torch.no_grad():
+        lps = level_dists(other.model, b, other.trie, counts, roll)[0]
+        kl = level_kl(lps, level_dists(other.ref, b, other.trie, counts, roll)[0]).sum(1).mean()
+    assert kl > 1e-3
+    assert own.validate_objective() == pytest.approx(float(logv), rel=1e-5)
+    assert other.validate_objective() == pytest.approx(float(logv) - 0.5 * float(kl), rel=1e-5)
+
+
+def test_reference_must_share_the_init_data_and_sids(
+    runs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    ref = _perturbed_copy(runs[0], tmp_path / "ref")
+    info = json.loads((ref / "run.json").read_text())
+    (ref / "run.json").write_text(json.dumps({**info, "sids": "elsewhere"}))
+    cfg = load_config("tiny")
+    with pytest.raises(GprInputError, match="sids differs") as e:
+        Aligner(runs[0], runs[1], cfg, "hepo", reference=ref)
+    assert e.value.field == "sids"
+    bad = load_config("tiny", overrides=["align.select=objective"])  # reward=value
+    with pytest.raises(GprInputError, match="log reward") as e:
+        Aligner(runs[0], runs[1], bad, "hepo")
+    assert e.value.field == "align.select"
+
+
 def _mean(rows: list[dict[str, float]], key: str) -> float:
     return float(np.mean([r[key] for r in rows]))
 
@@ -761,6 +819,9 @@ def test_cli_stage_errors(runs: tuple[Path, Path], tmp_path: Path) -> None:
     _one_line_error(_train("--stage", "hepo", "--simulator", casc, "--out", str(out)), "'init'")
     r = _train("--stage", "dpo", "--arr", "--init", run, "--simulator", casc, "--out", str(out))
     _one_line_error(r, "'arr'")
+    r = _train("--stage", "vaft", "--reference", run, "--init", run, "--simulator", casc,
+               "--out", str(out))  # fmt: skip
+    _one_line_error(r, "'reference'")
     r = _train("--stage", "bogus", "--init", run, "--simulator", casc, "--out", str(out))
     _one_line_error(r, "'stage'")
     r = _train(
@@ -793,13 +854,18 @@ def test_cli_vaft_then_hepo_with_arr(
     r = _train(
         "--stage", "hepo", "--arr", "--init", str(vaft), "--simulator", str(casc),
         "--out", str(hepo), "--set", "align.steps=2", "--set", "align.eval_every=1",
+        "--reference", str(run), "--set", "align.reward=log_value",
+        "--set", "align.select=objective",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
     info = json.loads((hepo / "run.json").read_text())
     assert (info["stage"], info["init"], info["steps"]) == ("hepo+arr", str(vaft), 2)
-    assert info["best"]["step"] in (0, 1, 2)
+    assert info["reference"] == str(run) and info["best"]["step"] in (0, 1, 2)
     rows = [json.loads(x) for x in (hepo / "metrics.jsonl").read_text().splitlines()]
-    assert [x["step"] for x in rows] == [0, 1, 2] and all("valid_value" in x for x in rows)
+    assert [x["step"] for x in rows] == [0, 1, 2]
+    assert all("valid_value" in x and "valid_objective" in x for x in rows)
+    kept = rows[info["best"]["step"]]["valid_objective"]
+    assert kept == max(x["valid_objective"] for x in rows) == info["best"]["valid_objective"]
     logs = LogData.load(tiny_world)
     j = logs.journeys
     pos = j.requests("test")[:6]

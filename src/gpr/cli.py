@@ -187,6 +187,10 @@ def train_cmd(
         Path | None, typer.Option("--simulator", help="cascade run whose models score ads")
     ] = None,
     arr: Annotated[bool, typer.Option("--arr", help="HEPO: mix in ARR requests")] = False,
+    reference: Annotated[
+        Path | None,
+        typer.Option("--reference", help="DPO/HEPO: the KL reference run (default: --init)"),
+    ] = None,
     preset: PresetOpt = None,
     seed: SeedOpt = None,
     config: ConfigOpt = None,
@@ -198,11 +202,12 @@ def train_cmd(
     """
     cfg = _config(preset, config, sets, seed)
     if stage != "mtp":
-        _print_json(_train_stage(stage, init, simulator, cfg, out, arr))
+        _print_json(_train_stage(stage, init, simulator, cfg, out, arr, reference))
         return
-    if init is not None or simulator is not None or arr:
+    if init is not None or simulator is not None or arr or reference is not None:
         raise GprInputError(
-            "--init, --simulator and --arr need --stage vaft|dpo|hepo|hte", field="stage"
+            "--init, --simulator, --arr and --reference need --stage vaft|dpo|hepo|hte",
+            field="stage",
         )
     if data is None:
         raise GprInputError("--data DIR is required", field="data")
@@ -228,7 +233,13 @@ STAGE_KEYS = ("stage", "best", "seconds", "first_reward", "last_reward", "epochs
 
 
 def _train_stage(
-    stage: str, init: Path | None, simulator: Path | None, cfg: GprConfig, out: Path, arr: bool
+    stage: str,
+    init: Path | None,
+    simulator: Path | None,
+    cfg: GprConfig,
+    out: Path,
+    arr: bool,
+    reference: Path | None = None,
 ) -> dict[str, Any]:
     if stage not in ("vaft", "dpo", "hepo", "hte"):
         raise GprInputError(
@@ -240,6 +251,10 @@ def _train_stage(
         raise GprInputError("--simulator CASCADE_RUN is required", field="simulator")
     if arr and stage != "hepo":
         raise GprInputError("--arr applies to --stage hepo only", field="arr")
+    if reference is not None and stage not in ("dpo", "hepo"):
+        raise GprInputError("--reference applies to --stage dpo|hepo only", field="reference")
+    if reference is not None and not (reference / "run.json").exists():
+        raise GprInputError("not a trained run (no run.json)", file=reference, field="reference")
     if stage == "vaft":
         from gpr.train.vaft import train_vaft
 
@@ -251,7 +266,7 @@ def _train_stage(
     else:
         from gpr.train.align import align
 
-        res = align(stage, init, simulator, cfg, out, arr)
+        res = align(stage, init, simulator, cfg, out, arr, reference=reference)
     return {k: res[k] for k in STAGE_KEYS if k in res}
 
 

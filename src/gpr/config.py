@@ -253,6 +253,11 @@ class AlignConfig(_Strict):
     # the policy concentrates, so no KL holds it: it collapses onto the argmax), or R minus its
     # mean there (`center`: the optimum above, π_ref · v^(1/β), holds)
     leaf_advantage: Literal["zscore", "center"] = "zscore"
+    # which checkpoint is kept: the best mean simulator value of the top ad on valid requests
+    # (`top_value`), or the best valid estimate of what HEPO maximises with a log reward,
+    # E[R] - kl_weight · KL(π || π_ref) over K sampled candidates (`objective`; a run anchored to
+    # a reference other than its init starts with a large KL, so `top_value` would keep step 0)
+    select: Literal["top_value", "objective"] = "top_value"
     # DPO
     dpo_beta: float = Field(0.1, gt=0)
     # hard: the higher-valued candidate is always preferred; soft: P(w ≻ l) = σ(log v_w - log v_l),

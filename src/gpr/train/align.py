@@ -2,12 +2,15 @@
 
     gpr train --stage dpo  --init RUN --simulator CASCADE_RUN --out RUN_DPO
     gpr train --stage hepo --init RUN --simulator CASCADE_RUN --out RUN_HEPO [--arr]
+        [--reference RUN_REF]
 
 Each step draws `requests_per_step` train requests (a share `arr_share` of them synthetic with
 --arr), samples K candidates per request inside its eligible-ad trie, scores them with the
 simulator and takes one policy update (DPO) or `ppo_epochs` of them (HEPO). Dropout is off
 throughout, so sampling and updating see the same policy. Every `eval_every` steps: the mean
-simulator value of the policy's top ad on held-out valid requests; the best checkpoint is kept.
+simulator value of the policy's top ad on held-out valid requests (or, with `select=objective`,
+the KL-regularised objective); the best checkpoint is kept. The KL (and `candidate_pool`) refer to
+the reference model: the init run unless --reference names another run on the same data and SIDs.
 The run directory is like an MTP run's (a policy for `gpr simulate`), with metrics.jsonl per step.
 """
 
@@ -25,9 +28,9 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from gpr.config import AlignConfig, GprConfig
+from gpr.config import AlignConfig, GprConfig, ModelConfig
 from gpr.errors import GprInputError
-from gpr.io import atomic_dir, write_json
+from gpr.io import atomic_dir, read_json, write_json
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch, positions_for_split
 from gpr.model.trie import Trie
@@ -43,7 +46,7 @@ from gpr.train.hepo import (
     process_rewards,
     value_loss,
 )
-from gpr.train.mtp import load_run
+from gpr.train.mtp import Prepared, build_model, load_run, load_weights
 from gpr.train.rollout import (
     RequestContext,
     RequestSet,
@@ -69,7 +72,13 @@ class Aligner:
     """State of one alignment run: policy, frozen reference, simulator, request pools."""
 
     def __init__(
-        self, init: Path, simulator: Path, cfg: GprConfig, stage: str, arr: bool = False
+        self,
+        init: Path,
+        simulator: Path,
+        cfg: GprConfig,
+        stage: str,
+        arr: bool = False,
+        reference: Path | None = None,
     ) -> None:
         if stage not in STAGES:
             raise GprInputError(f"unknown stage '{stage}' (choose from {STAGES})", field="stage")
@@ -79,13 +88,20 @@ class Aligner:
         if stage == "hepo" and model.hte is None:
             raise GprInputError("HEPO needs HTE as its critic (model.hte)", file=init, field="hte")
         self.model, self.prep, self.info = model.eval(), prep, info
-        self.ref = copy.deepcopy(model).eval().requires_grad_(False)
         self.stage, self.arr, self.ac = stage, arr, cfg.align
+        if self.ac.select == "objective" and (stage != "hepo" or self.ac.reward == "value"):
+            raise GprInputError(
+                "select=objective needs --stage hepo with a log reward (align.reward)",
+                field="align.select",
+            )
+        ref = copy.deepcopy(model) if reference is None else load_reference(reference, info, prep)
+        self.ref = ref.eval().requires_grad_(False)
         self.sim = Simulator(simulator, info["data"])
         self.ctx = RequestContext(prep, self.sim.logs.ads, self.sim.logs.users)
         self.trie: Trie = prep.trie
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.val_gen = torch.Generator().manual_seed(cfg.seed + 1)  # validation samples only
         j = prep.journeys
         self.train_pos = positions_for_split(j, prep.pred_mask, "train")
         if self.ac.recent_days is not None:
@@ -237,10 +253,7 @@ class Aligner:
         log final_value minus its running mean; either way the critic's targets stay O(1).
         `log_value_per_ad` also subtracts each ad's (`items`) mean log final_value first."""
         kind = self.ac.reward
-        r = np.asarray(value, np.float64) if kind == "value" else log_value(value)
-        if kind == "log_value_per_ad":
-            assert self.ad_log_mean is not None and items is not None
-            r = r - self.ad_log_mean[self.sim.logs.ads.index_of(items)]
+        r = np.asarray(value, np.float64) if kind == "value" else self.log_reward(value, items)
         mean = float(r.mean())
         ema = self.reward_scale
         self.reward_scale = mean if ema is None else 0.9 * ema + 0.1 * mean
@@ -248,7 +261,28 @@ class Aligner:
             return torch.from_numpy(r - self.reward_scale).float()
         return torch.from_numpy(r).float() / max(self.reward_scale, 1e-12)
 
+    def log_reward(self, value: np.ndarray, items: np.ndarray | None) -> np.ndarray:
+        """log final_value; with `log_value_per_ad` minus each ad's (`items`) mean over train."""
+        r = log_value(value)
+        if self.ac.reward == "log_value_per_ad":
+            assert self.ad_log_mean is not None and items is not None
+            r = r - self.ad_log_mean[self.sim.logs.ads.index_of(items)]
+        return r
+
     # --- validation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def validate_objective(self) -> float:
+        """E[R] - kl_weight · KL(π || π_ref) on the valid requests, R the log reward, estimated over
+        K sampled candidates per request (the same pool and temperature as training)."""
+        ac = self.ac
+        req, b, counts = self._prepare(self.valid, ac.candidate_pool)
+        roll = sample(self.model, b, self.trie, counts, ac.candidates, ac.temperature, self.val_gen)
+        r = self.log_reward(self.rewards(req, roll), roll.item.numpy())
+        lps = level_dists(self.model, b, self.trie, counts, roll)[0]
+        ref = level_dists(self.ref, b, self.trie, counts, roll)[0]
+        kl = level_kl(lps, ref).sum(1)
+        return float(r.mean()) - ac.kl_weight * float(kl.mean())
+
     @torch.no_grad()
     def validate(self, beam: int = 20) -> float:
         """Mean simulator value of the policy's top-ranked eligible ad on the valid requests."""
@@ -260,6 +294,22 @@ class Aligner:
         return float(np.where(top >= 0, s.value, 0.0).mean())
 
 
+def load_reference(run: Path, info: dict[str, Any], prep: Prepared) -> GPRModel:
+    """The reference policy from another run on the init's data and SIDs (so `prep` fits it)."""
+    ref_info = read_json(run / "run.json")
+    for key in ("data", "sids", "model", "model_config"):
+        if ref_info.get(key) != info.get(key):
+            raise GprInputError(
+                f"the reference run's {key} differs from the init run's", file=run, field=key
+            )
+    mcfg = ModelConfig.model_validate(ref_info["model_config"])
+    model = build_model(prep, mcfg, ref_info.get("model", "gpr"))
+    if not isinstance(model, GPRModel):
+        raise GprInputError("the reference must be a gpr/hstu run", file=run, field="model")
+    load_weights(model, run)
+    return model
+
+
 def align(
     stage: str,
     init: str | Path,
@@ -268,15 +318,25 @@ def align(
     out: str | Path,
     arr: bool = False,
     progress: bool = True,
+    reference: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run DPO or HEPO from `init`; writes a run directory atomically (see module docstring)."""
     t0 = time.perf_counter()
+    ref_path = None if reference is None else Path(reference)
     set_threads(cfg.train.threads)
     torch.manual_seed(cfg.seed)
-    al = Aligner(Path(init), Path(simulator), cfg, stage, arr)
+    al = Aligner(Path(init), Path(simulator), cfg, stage, arr, ref_path)
     ac: AlignConfig = cfg.align
-    best = {"valid_value": al.validate(), "step": 0}
-    log: list[dict[str, Any]] = [{"step": 0, "valid_value": best["valid_value"]}]
+    crit = "valid_objective" if ac.select == "objective" else "valid_value"
+
+    def valid() -> dict[str, float]:
+        row = {"valid_value": al.validate()}
+        if ac.select == "objective":
+            row["valid_objective"] = al.validate_objective()
+        return row
+
+    best: dict[str, float] = {**valid(), "step": 0}
+    log: list[dict[str, Any]] = [dict(best)]
     quiet = not (progress and sys.stderr.isatty())
     with atomic_dir(out) as tmp:
         state = {k: v.clone() for k, v in al.model.state_dict().items()}
@@ -284,14 +344,14 @@ def align(
         for s in bar:
             row: dict[str, Any] = {"step": s, **al.step()}
             if s % ac.eval_every == 0 or s == ac.steps:
-                row["valid_value"] = al.validate()
-                if row["valid_value"] > best["valid_value"]:
-                    best = {"valid_value": row["valid_value"], "step": s}
+                row.update(valid())
+                if row[crit] > best[crit]:
+                    best = {k: row[k] for k in best if k != "step"} | {"step": s}
                     state = {k: v.clone() for k, v in al.model.state_dict().items()}
                 if progress:
                     print(
                         f"{stage} step {s}: reward {row['reward']:.4f} "
-                        f"valid value {row['valid_value']:.4f}",
+                        f"valid {crit[6:]} {row[crit]:.4f}",
                         flush=True,
                     )
             log.append(row)
@@ -307,6 +367,7 @@ def align(
             config=GprConfig.model_validate(config).model_dump(mode="json"),
             stage=f"{stage}+arr" if arr else stage,
             init=str(init),
+            reference=str(reference or init),
             simulator=str(simulator),
             best=best,
             steps=ac.steps,
