@@ -21,7 +21,7 @@ from gpr.eval.history import LogData
 from gpr.eval.policy import RequestBatch, load_policy
 from gpr.eval.simulate import simulate_spec
 from gpr.model.gpr import GPRModel
-from gpr.model.hte import SIDE_FEATURES
+from gpr.model.hte import SESSION_FEATURES, SIDE_FEATURES
 from gpr.model.journey import Batch, E, I, Journeys, O, U, positions_for_split
 from gpr.train import mtp
 from gpr.train.align import Aligner, ad_log_value_mean
@@ -774,8 +774,9 @@ def test_hte_distillation_fits_the_simulator(runs: tuple[Path, Path], tmp_path: 
     assert isinstance(model, GPRModel)
 
 
+@pytest.mark.parametrize("session", [False, True])
 def test_hte_distillation_with_side_features(
-    runs: tuple[Path, Path], tiny_world: Path, tmp_path: Path
+    runs: tuple[Path, Path], tiny_world: Path, tmp_path: Path, session: bool
 ) -> None:
     init, casc = runs
     cfg = load_config(
@@ -785,22 +786,32 @@ def test_hte_distillation_with_side_features(
             "align.hte_epochs=4",
             "align.eval_requests=48",
             "model.hte_side=true",
+            f"model.hte_session={str(session).lower()}",
         ],
     )
     info = distill_hte(init, casc, cfg, tmp_path / "hte", progress=False)
     assert info["model_config"]["hte_side"] and info["config"]["model"]["hte_side"]
+    assert info["model_config"]["hte_session"] == info["config"]["model"]["hte_session"] == session
     after = load_file(str(tmp_path / "hte" / "model.safetensors"))
-    assert after["hte.side_cvr.weight"].shape == (1, len(SIDE_FEATURES))
+    width = len(SIDE_FEATURES) + len(SESSION_FEATURES) * session
+    assert after["hte.side_cvr.weight"].shape == (1, width)
     if info["best"]["epoch"] > 0:  # the wide part moved off its zero start
         assert after["hte.side_cvr.weight"].abs().sum() > 0
     model, _, _ = mtp.load_run(tmp_path / "hte")
-    assert isinstance(model, GPRModel) and model.hte is not None and model.hte.side
+    assert isinstance(model, GPRModel) and model.hte is not None and model.hte.side == width
     assert not mtp.load_run(init)[0].cfg.hte_side  # the init run is untouched
     # it serves: GPR ranks its union with the side-feature HTE (the replay's budgets kept)
     res = simulate_spec(
         tmp_path / "hte", tiny_world, "test", max_requests=200, overrides=["serve.hte_weight=2"]
     )
     assert res["policy"].endswith("+hte2") and res["ineligible_ranked"] == 0 and res["rpm"] > 0
+
+
+def test_hte_session_needs_the_side_part(runs: tuple[Path, Path], tmp_path: Path) -> None:
+    cfg = load_config("tiny", overrides=["model.hte_session=true"])
+    with pytest.raises(GprInputError, match="hte_side") as e:
+        distill_hte(runs[0], runs[1], cfg, tmp_path / "hte", progress=False)
+    assert e.value.field == "model.hte_session" and not (tmp_path / "hte").exists()
 
 
 def _train(*args: str) -> Any:

@@ -12,9 +12,14 @@ from gpr.config import load_config
 from gpr.errors import GprInputError
 from gpr.eval.policy import RequestBatch, load_policy
 from gpr.eval.simulate import SimData, simulate_spec
-from gpr.model.hte import HTE, SIDE_FEATURES
-from gpr.model.journey import I
-from gpr.serve.policy import GenerativePolicy, hte_side_features
+from gpr.model.hte import HTE, SESSION_FEATURES, SIDE_FEATURES, side_width
+from gpr.model.journey import Batch, E, I, O, U
+from gpr.serve.policy import (
+    GenerativePolicy,
+    ItemTopics,
+    hte_side_features,
+    session_side_features,
+)
 from gpr.train.mtp import train
 
 
@@ -136,6 +141,59 @@ def test_hte_side_features_by_hand(tiny_world: Path, tiny_run: Path) -> None:
             for name, v in want.items():
                 assert float(x[r, k, col[name]]) == pytest.approx(v, abs=1e-5), name
     assert n_with_history > 0  # the fixture exercises the history part
+
+
+def _hand_batch(ttype: list[int], item: list[int], ts: list[int], pred_t: list[int]) -> Batch:
+    """One journey row with the given tokens; a prediction at each of `pred_t`."""
+    t, p = len(ttype), len(pred_t)
+    z = torch.zeros(1, t, dtype=torch.long)
+    zp = torch.zeros(p, dtype=torch.long)
+    return Batch(
+        ttype=torch.tensor([ttype]),
+        codes=torch.zeros(1, t, 3, dtype=torch.long),
+        field=torch.zeros(1, t, 4, dtype=torch.long),
+        action=z,
+        item=torch.tensor([item]),
+        pred_b=zp,
+        pred_t=torch.tensor(pred_t),
+        targets=torch.zeros(p, 1, dtype=torch.long),
+        target_codes=torch.zeros(p, 1, 4, dtype=torch.long),
+        shown_action=zp,
+        request=zp,
+        position=zp,
+        ts=torch.tensor([ts]),
+    )
+
+
+def test_session_side_features_by_hand() -> None:
+    """Views at 0, 1000, 1100 (an ad impression between), 1150 s; a request at 1200 s. The
+    current session (pauses <= 300 s) holds the last three views: subtopics 2, 2, 3."""
+    # item id -> subtopic / category: items 0..3 organic (subtopics 1, 2, 2, 3), 4..6 ads
+    sub, cat = np.array([1, 2, 2, 3, 2, 3, 9]), np.array([0, 1, 1, 1, 1, 1, 5])
+    topics = ItemTopics(subtopic=sub, category=cat)
+    b = _hand_batch(
+        ttype=[U, O, O, I, O, O, E, -1],
+        item=[-1, 0, 1, 4, 2, 3, -1, -1],
+        ts=[0, 0, 1000, 1050, 1100, 1150, 1200, 0],
+        pred_t=[6, 2],
+    )
+    items = torch.tensor([[4, 5, 6, -1], [4, 5, 6, -1]])  # ad subtopics 2, 3, 9
+    x = session_side_features(b, items, topics)
+    assert x.shape == (2, 4, len(SESSION_FEATURES))
+    col = {k: i for i, k in enumerate(SESSION_FEATURES)}
+    # request at token 6: session views = items 1, 2, 3 (subtopics 2, 2, 3; all category 1);
+    # the window's views = items 0..3 (subtopics 1, 2, 2, 3)
+    np.testing.assert_allclose(x[0, :3, col["session_sub_share"]], [2 / 3, 1 / 3, 0], atol=1e-6)
+    np.testing.assert_allclose(x[0, :3, col["session_cat_share"]], [1, 1, 0], atol=1e-6)
+    np.testing.assert_allclose(x[0, :3, col["window_sub_share"]], [2 / 4, 1 / 4, 0], atol=1e-6)
+    np.testing.assert_allclose(x[0, :3, col["session_log_views"]], [np.log(4)] * 3, atol=1e-6)
+    # prediction at token 2 (its own time 1000 s): views item 0 (1000 s before) and item 1
+    np.testing.assert_allclose(x[1, :3, col["session_sub_share"]], [1, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(x[1, :3, col["window_sub_share"]], [1 / 2, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(x[1, :3, col["session_log_views"]], [np.log(2)] * 3, atol=1e-6)
+    assert (x[:, 3] == 0).all()  # padding
+    assert side_width(True, True) == len(SIDE_FEATURES) + len(SESSION_FEATURES)
+    assert side_width(True, False) == len(SIDE_FEATURES) and side_width(False, True) == 0
 
 
 def test_hte_wide_part_starts_at_zero_and_is_required() -> None:

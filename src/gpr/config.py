@@ -127,6 +127,9 @@ class ModelConfig(_Strict):
     # HTE's wide part on the candidate's side features (price, bid, age; model/hte.py); only
     # `--stage hte` trains it, so MTP / VAFT runs keep it off
     hte_side: bool = False
+    # with hte_side: also the current session's organic views in the ad's subtopic / category
+    # (model/hte.py SESSION_FEATURES; added 2026-12-07, so older hte_side runs have it off)
+    hte_session: bool = False
     decoder_layers: int = Field(1, ge=1)
     recent_window: int = Field(16, ge=1)
     mtp_heads: int = Field(4, ge=1)

@@ -13,7 +13,7 @@ from torch import nn
 from gpr.config import ModelConfig
 from gpr.model.embed import TokenEmbedding
 from gpr.model.hsd import HSD
-from gpr.model.hte import HTE, SIDE_FEATURES
+from gpr.model.hte import HTE, side_width
 from gpr.model.journey import Batch
 from gpr.model.masks import causal_mask, hybrid_mask, time_buckets
 from gpr.model.ptd import PTD, masked_log_softmax
@@ -70,7 +70,8 @@ class GPRModel(nn.Module):
             self.level_sizes,
             cfg.dropout,
         )
-        self.hte = HTE(d, levels, len(SIDE_FEATURES) * cfg.hte_side) if cfg.hte else None
+        side = side_width(cfg.hte_side, cfg.hte_session)
+        self.hte = HTE(d, levels, side) if cfg.hte else None
         self.thoughts = cfg.thought_tokens > 0 and thought_table is not None
         if self.thoughts:
             assert thought_table is not None

@@ -24,6 +24,19 @@ SIDE_FEATURES = (
     "user_has_ads",  # 1 if the history holds an ad impression
     "price_match",  # user_log_price x log_price
 )
+# with `model.hte_session`, appended after SIDE_FEATURES (serve.policy.session_side_features):
+# what the cascade's session-topic features read (docs/results/stages_analysis.md §14)
+SESSION_FEATURES = (
+    "session_sub_share",  # share of the current session's organic views in the ad's subtopic
+    "session_cat_share",  # ... in the ad's category
+    "session_log_views",  # log(1 + organic views in the current session)
+    "window_sub_share",  # share of all organic views in the model's window in the ad's subtopic
+)
+
+
+def side_width(hte_side: bool, hte_session: bool) -> int:
+    """Number of side features an HTE takes (0: no wide part)."""
+    return len(SIDE_FEATURES) * hte_side + len(SESSION_FEATURES) * (hte_side and hte_session)
 
 
 def _mlp(d_in: int, d: int) -> nn.Sequential:

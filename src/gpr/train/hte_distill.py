@@ -34,9 +34,9 @@ from gpr.config import GprConfig
 from gpr.errors import GprInputError
 from gpr.io import atomic_dir, write_json
 from gpr.model.gpr import GPRModel
-from gpr.model.hte import SIDE_FEATURES
+from gpr.model.hte import side_width
 from gpr.model.journey import positions_for_split
-from gpr.serve.policy import ad_bids, hte_side_features
+from gpr.serve.policy import ItemTopics, ad_bids, hte_side_features
 from gpr.threads import set_threads
 from gpr.train.mtp import load_run
 from gpr.train.rollout import RequestContext, RequestSet
@@ -62,6 +62,7 @@ class Candidates:
     ) -> None:
         cfg, trie = model.cfg, ctx.prep.trie
         with_side = model.hte is not None and model.hte.side > 0
+        topics = ItemTopics.from_items(sim.logs.items) if cfg.hte_session else None
         keys = ("h", "pre", "ok", "bid", "ctr", "cvr", "side")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for lo in range(0, len(pos), CHUNK):
@@ -82,7 +83,7 @@ class Candidates:
             parts["bid"].append(ad_bids(items, ctx.ads))
             if with_side:
                 days = ctx.prep.journeys.day[req.pos]
-                parts["side"].append(hte_side_features(b, items, ctx.ads, days))
+                parts["side"].append(hte_side_features(b, items, ctx.ads, days, topics))
             parts["ctr"].append(torch.from_numpy(s.pctr).float())
             parts["cvr"].append(torch.from_numpy(s.pcvr).float())
         if not parts["h"]:
@@ -151,9 +152,21 @@ def distill_hte(
         p = positions_for_split(j, prep.pred_mask, split)
         return np.sort(rng.choice(p, min(n, len(p)), replace=False))
 
-    if cfg.model.hte_side and not model.cfg.hte_side:
-        model.hte.add_side(len(SIDE_FEATURES))
-        model.cfg = model.cfg.model_copy(update={"hte_side": True})
+    if cfg.model.hte_session and not cfg.model.hte_side:
+        raise GprInputError("needs model.hte_side=true", field="model.hte_session")
+    want = {
+        "hte_side": cfg.model.hte_side,
+        "hte_session": cfg.model.hte_side and cfg.model.hte_session,
+    }
+    if want["hte_side"] and not model.cfg.hte_side:
+        model.hte.add_side(side_width(True, want["hte_session"]))
+        model.cfg = model.cfg.model_copy(update=want)
+    elif want["hte_session"] and not model.cfg.hte_session:
+        raise GprInputError(
+            "the init run's HTE already has side features without the session ones",
+            file=init,
+            field="model.hte_session",
+        )
     model.eval().requires_grad_(False)
     train_c = Candidates(model, ctx, sim, pick("train", ac.hte_requests), beam)
     valid_c = Candidates(model, ctx, sim, pick("valid", ac.eval_requests), beam)
@@ -205,10 +218,11 @@ def distill_hte(
         with open(tmp / "metrics.jsonl", "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in log)
         config = {**info["config"], "align": ac.model_dump(mode="json"), "seed": cfg.seed}
-        config["model"] = {**config["model"], "hte_side": model.cfg.hte_side}
+        kept = {k: getattr(model.cfg, k) for k in ("hte_side", "hte_session")}
+        config["model"] = {**config["model"], **kept}
         info = {k: v for k, v in info.items() if k not in ("epochs_run", "train_windows")}
         info.update(
-            model_config={**info["model_config"], "hte_side": model.cfg.hte_side},
+            model_config={**info["model_config"], **kept},
             config=GprConfig.model_validate(config).model_dump(mode="json"),
             stage="hte",
             init=str(init),
