@@ -155,6 +155,7 @@ COMPONENTS = [
     {"item_ids": True},
     {"content_input": True},
     {"time_bias": True},
+    {"item_head": True},
 ]
 
 

@@ -145,6 +145,13 @@ class ModelConfig(_Strict):
     # HSTU's temporal attention bias (model/hsd.py): a learned per-head bias by the log2 bucket of
     # the seconds between two events, so attention can weigh events by their age
     time_bias: bool = False
+    # a dense score per item beside the SID decoder (model/item_head.py): trained with a full
+    # softmax over the catalogue; at generation the beam plus its top `item_head_widen` items are
+    # ranked by log p_SID + item_head_alpha · log p_head
+    item_head: bool = False
+    item_head_weight: float = Field(1.0, ge=0)
+    item_head_alpha: float = Field(1.0, ge=0)
+    item_head_widen: int = Field(50, ge=0)
 
 
 class TrainConfig(_Strict):

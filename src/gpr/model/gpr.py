@@ -14,6 +14,7 @@ from gpr.config import ModelConfig
 from gpr.model.embed import TokenEmbedding
 from gpr.model.hsd import HSD
 from gpr.model.hte import HTE, side_width
+from gpr.model.item_head import ItemHead
 from gpr.model.journey import Batch
 from gpr.model.masks import causal_mask, hybrid_mask, time_buckets
 from gpr.model.ptd import PTD, masked_log_softmax
@@ -70,6 +71,7 @@ class GPRModel(nn.Module):
             self.level_sizes,
             cfg.dropout,
         )
+        self.item_head = ItemHead(d, content) if cfg.item_head else None
         side = side_width(cfg.hte_side, cfg.hte_session)
         self.hte = HTE(d, levels, side) if cfg.hte else None
         self.thoughts = cfg.thought_tokens > 0 and thought_table is not None
@@ -122,7 +124,7 @@ class GPRModel(nn.Module):
         h, ctx, ok = self.encode(b)
         total = h.new_zeros(())
         out: dict[str, torch.Tensor] = {}
-        n_lv = len(self.level_sizes)
+        keys: torch.Tensor | None = None  # the item head's keys, built once per batch
         for j in range(self.cfg.mtp_heads):
             paths = b.target_codes[:, j]  # (P, L+1)
             parents = trie.parents(paths)
@@ -131,15 +133,21 @@ class GPRModel(nn.Module):
                 continue
             prefix, cond = self.ptd.prefix(h[rows], ctx[rows], ok[rows], j)
             p = paths[rows]
-            logits = self.ptd.logits(prefix, self.code_inputs(p[:, : n_lv - 1]))
-            nll = h.new_zeros(int(rows.sum()))
-            for lv, lg in enumerate(logits):
-                lp = masked_log_softmax(lg, trie.legal(lv, parents[rows, lv]))
-                nll = nll - lp.gather(1, p[:, lv : lv + 1]).squeeze(1)
+            nll = -self.path_logp(prefix, p, trie, parents[rows])
             w = target_weight[rows, j] if target_weight is not None else torch.ones_like(nll)
             head_loss = (nll * w).sum() / w.sum().clamp(min=1e-8)
             out[f"gen_{j}"] = head_loss.detach()
             total = total + self.mtp_w[j] * head_loss
+            if self.item_head is not None:
+                keys = self.item_head.keys(self.embed, trie) if keys is None else keys
+                col = trie.column(b.targets[rows, j])
+                ce = F.cross_entropy(
+                    self.item_head.logits(cond, keys), col.clamp(min=0), reduction="none"
+                )
+                iw = w * (col >= 0)
+                item_loss = (ce * iw).sum() / iw.sum().clamp(min=1e-8)
+                out[f"item_{j}"] = item_loss.detach()
+                total = total + self.mtp_w[j] * self.cfg.item_head_weight * item_loss
             if j == 0 and self.ptd.refiner is not None:
                 target = F.layer_norm(self.embed.item(p[:, : self.levels]).detach(), (h.shape[-1],))
                 diff = self.ptd.refiner.loss(target, cond)
@@ -164,6 +172,25 @@ class GPRModel(nn.Module):
         out["loss"] = total
         return out
 
+    def path_logp(
+        self,
+        prefix: torch.Tensor,
+        paths: torch.Tensor,
+        trie: Trie,
+        parents: torch.Tensor | None = None,
+        counts: list[torch.Tensor] | None = None,
+        rows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Teacher-forced log p of full paths (N, L+1) after PTD prefixes (N, n_prefix, d), each
+        level normalised over its legal (with `counts`: eligible) codes, as beam search does."""
+        parents = trie.parents(paths) if parents is None else parents
+        logits = self.ptd.logits(prefix, self.code_inputs(paths[:, : len(self.level_sizes) - 1]))
+        logp = prefix.new_zeros(paths.shape[0])
+        for lv, lg in enumerate(logits):
+            lp = masked_log_softmax(lg, trie.legal(lv, parents[:, lv], counts, rows))
+            logp = logp + lp.gather(1, paths[:, lv : lv + 1].clamp(min=0)).squeeze(1)
+        return logp
+
     # --- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
@@ -176,13 +203,55 @@ class GPRModel(nn.Module):
         """
         h, ctx, ok = self.encode(b)
         counts = trie.eligible_counts(eligible) if eligible is not None else None
+        keys = self.item_head.keys(self.embed, trie) if self.item_head is not None else None
         items, scores = [], []
         for j in range(self.cfg.mtp_heads):
-            prefix, _ = self.ptd.prefix(h, ctx, ok, j)
+            prefix, cond = self.ptd.prefix(h, ctx, ok, j)
             it, sc = beam_search(self, prefix, trie, beam, counts)
+            if keys is not None:
+                it, sc = self.fuse_item_head(prefix, cond, keys, it, sc, trie, counts, eligible)
             items.append(it)
             scores.append(sc)
         return merge_ranked(torch.cat(items, 1), torch.cat(scores, 1), beam)
+
+    def fuse_item_head(
+        self,
+        prefix: torch.Tensor,
+        cond: torch.Tensor,
+        keys: torch.Tensor,
+        items: torch.Tensor,
+        logp: torch.Tensor,
+        trie: Trie,
+        counts: list[torch.Tensor] | None,
+        eligible: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Beam (P, B) ∪ the item head's top-`widen` items, scored log p_SID + alpha · log p_head.
+
+        The added items get their exact SID log-probability (`path_logp`), so every candidate is
+        scored the same way. Returns (P, B + widen) items (-1 padded) and scores."""
+        assert self.item_head is not None
+        lp_head = torch.log_softmax(self.item_head.logits(cond, keys), dim=-1)  # (P, A)
+        if eligible is not None:
+            lp_head = lp_head.masked_fill(~eligible, -torch.inf)
+        widen = min(self.cfg.item_head_widen, lp_head.shape[1])
+        if widen > 0:
+            top_lp, top_col = lp_head.topk(widen, dim=1)
+            p = prefix.shape[0]
+            rows = torch.arange(p, device=prefix.device).repeat_interleave(widen)
+            gen = self.path_logp(
+                prefix.repeat_interleave(widen, dim=0),
+                trie.paths[top_col.reshape(-1)],
+                trie,
+                counts=counts,
+                rows=rows,
+            ).reshape(p, widen)
+            new_items = torch.where(torch.isfinite(top_lp), trie.items[top_col], -1)
+            items = torch.cat([items, new_items], dim=1)
+            logp = torch.cat([logp, torch.where(torch.isfinite(top_lp), gen, -torch.inf)], dim=1)
+        col = trie.column(items)
+        head = lp_head.gather(1, col.clamp(min=0))
+        fused = logp + self.cfg.item_head_alpha * head
+        return items, torch.where(col >= 0, fused, -torch.inf)
 
     @torch.no_grad()
     def hte_probs(

@@ -44,6 +44,10 @@ class Trie:
         self.node_of = [torch.from_numpy(n) for n in node_of]  # per level: node of each item
         self.leaf_item = torch.from_numpy(leaf)
         self.items = torch.from_numpy(np.asarray(items, dtype=np.int64))
+        self.paths = torch.from_numpy(np.asarray(paths, dtype=np.int64))  # (A, D), by column
+        col = np.full(int(self.items.max()) + 1, -1, dtype=np.int64)
+        col[self.items.numpy()] = np.arange(a)
+        self.col = torch.from_numpy(col)
 
     @property
     def depth(self) -> int:
@@ -54,7 +58,14 @@ class Trie:
         self.node_of = [n.to(device) for n in self.node_of]
         self.leaf_item = self.leaf_item.to(device)
         self.items = self.items.to(device)
+        self.paths = self.paths.to(device)
+        self.col = self.col.to(device)
         return self
+
+    def column(self, items: torch.Tensor) -> torch.Tensor:
+        """Item ids (any shape) -> their column in `items`, -1 for ids that are not leaves."""
+        ok = (items >= 0) & (items < len(self.col))
+        return torch.where(ok, self.col[items.clamp(0, len(self.col) - 1)], -1)
 
     def parents(self, paths: torch.Tensor) -> torch.Tensor:
         """(N, D) paths -> (N, D) node before each level (-1 once the path leaves the trie)."""

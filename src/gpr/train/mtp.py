@@ -156,7 +156,7 @@ def prepare(
                 Path(data_dir) / CACHE_DIR, phrases, minilm_encoder, MINILM_MODEL
             )
         prep.thought_table = torch.from_numpy(table)
-    if mcfg.content_input:
+    if mcfg.content_input or mcfg.item_head:
         emb = embed_items(data_dir)
         table = np.zeros((len(sids.codes), emb.matrix.shape[1]), dtype=np.float32)
         table[np.asarray(emb.item_ids)] = emb.matrix

@@ -72,12 +72,6 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
-def target_index(trie: Trie, targets: torch.Tensor) -> torch.Tensor:
-    """(P,) item ids -> their column in `trie.items`, -1 when not a generatable item."""
-    hit = targets.unsqueeze(1) == trie.items.unsqueeze(0)
-    return torch.where(hit.any(dim=1), hit.float().argmax(dim=1), -1)
-
-
 def zero_pad_codes(embed: TokenEmbedding) -> None:
     """Make the pad code embed to zero (TokenEmbedding's init also draws the padding rows)."""
     with torch.no_grad():
@@ -120,7 +114,7 @@ class SASRec(nn.Module):
         self, b: Batch, trie: Trie, target_weight: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
         logits = self.scores(b, trie)
-        idx = target_index(trie, b.targets[:, 0])
+        idx = trie.column(b.targets[:, 0])
         rows = idx >= 0
         nll = F.cross_entropy(logits[rows], idx[rows], reduction="none")
         w = target_weight[rows, 0] if target_weight is not None else torch.ones_like(nll)

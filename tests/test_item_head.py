@@ -1,0 +1,116 @@
+"""The item head (model/item_head.py): its loss, exact SID scores, and the fused ranking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from gpr.config import load_config
+from gpr.model.gpr import GPRModel, beam_search
+from gpr.model.journey import collate, make_windows, positions_for_split
+from gpr.train.mtp import Prepared, build_model, prepare
+
+
+@pytest.fixture(scope="module")
+def prep(tiny_world: Path, tiny_sids: Path) -> Prepared:
+    cfg = load_config("tiny", overrides=["model.item_head=true"])  # loads the content table
+    return prepare(tiny_world, tiny_sids, cfg.model, cfg.tokenizer.codebook_size)
+
+
+def _model(prep: Prepared, **update: object) -> GPRModel:
+    torch.manual_seed(0)
+    mcfg = load_config("tiny").model.model_copy(
+        update={"item_head": True, "dropout": 0.0, "mtp_heads": 1, **update}
+    )
+    model = build_model(prep, mcfg)
+    assert isinstance(model, GPRModel)
+    return model.eval()
+
+
+def _batch(prep: Prepared, n: int = 6):  # type: ignore[no-untyped-def]
+    pos = positions_for_split(prep.journeys, prep.pred_mask, "train")
+    wins = make_windows(prep.journeys, 48, pos)[:n]
+    return collate(prep.journeys, wins, prep.sids, prep.targets, prep.pred_mask, (0,), 48)
+
+
+def test_item_loss_is_the_full_softmax_cross_entropy(prep: Prepared) -> None:
+    model = _model(prep, item_head_weight=0.0)
+    b = _batch(prep)
+    got = model.loss(b, prep.trie)
+    h, ctx, ok = model.encode(b)
+    rows = (prep.trie.parents(b.target_codes[:, 0]) >= 0).all(dim=1)
+    _, cond = model.ptd.prefix(h[rows], ctx[rows], ok[rows], 0)
+    assert model.item_head is not None
+    keys = model.item_head.keys(model.embed, prep.trie)
+    assert keys.shape == (len(prep.trie.items), model.cfg.d_model)
+    logits = model.item_head.query(cond) @ keys.T
+    want = F.cross_entropy(logits, prep.trie.column(b.targets[rows, 0]))
+    torch.testing.assert_close(got["item_0"], want)
+    # weight 0: reported, not added; weight 2: added twice
+    weighted = _model(prep, item_head_weight=2.0).loss(b, prep.trie)
+    torch.testing.assert_close(weighted["loss"] - got["loss"], 2 * want, rtol=1e-4, atol=1e-5)
+
+
+def test_item_head_keys_read_the_content_vector(prep: Prepared) -> None:
+    model = _model(prep)
+    assert model.item_head is not None and prep.content_table is not None
+    keys = model.item_head.keys(model.embed, prep.trie)
+    with torch.no_grad():
+        model.item_head.content[prep.trie.items[0]] += 1.0
+    moved = model.item_head.keys(model.embed, prep.trie)
+    assert not torch.allclose(moved[0], keys[0])
+    torch.testing.assert_close(moved[1:], keys[1:])
+
+
+def test_path_logp_equals_the_beam_scores(prep: Prepared) -> None:
+    model = _model(prep)
+    b = _batch(prep, n=4)
+    h, ctx, ok = model.encode(b)
+    prefix, _ = model.ptd.prefix(h, ctx, ok, 0)
+    gen = torch.Generator().manual_seed(0)
+    elig = torch.rand(len(b.pred_b), len(prep.trie.items), generator=gen) < 0.3
+    for counts in (None, prep.trie.eligible_counts(elig)):
+        items, scores = beam_search(model, prefix, prep.trie, 10, counts)
+        p, k = items.shape
+        paths = prep.trie.paths[prep.trie.column(items).reshape(-1)]
+        rows = torch.arange(p).repeat_interleave(k)
+        exact = model.path_logp(
+            prefix.repeat_interleave(k, 0), paths, prep.trie, None, counts, rows
+        )
+        torch.testing.assert_close(exact.reshape(p, k), scores, rtol=1e-4, atol=1e-4)
+
+
+def test_alpha_zero_no_widening_is_the_plain_beam(prep: Prepared) -> None:
+    model = _model(prep, item_head_alpha=0.0, item_head_widen=0)
+    b = _batch(prep, n=4)
+    items, scores = model.generate(b, prep.trie, beam=12)
+    h, ctx, ok = model.encode(b)
+    prefix, _ = model.ptd.prefix(h, ctx, ok, 0)
+    want_items, want_scores = beam_search(model, prefix, prep.trie, 12, None)
+    assert torch.equal(items, want_items)
+    torch.testing.assert_close(scores, want_scores)
+
+
+def test_widening_brings_the_heads_top_items_and_respects_eligibility(prep: Prepared) -> None:
+    n_items = len(prep.trie.items)
+    model = _model(prep, item_head_alpha=1e4, item_head_widen=n_items)
+    b = _batch(prep, n=4)
+    items, scores = model.generate(b, prep.trie, beam=5)
+    h, ctx, ok = model.encode(b)
+    _, cond = model.ptd.prefix(h, ctx, ok, 0)
+    assert model.item_head is not None
+    head = model.item_head.logits(cond, model.item_head.keys(model.embed, prep.trie))
+    # alpha dominates: the order is the head's, over the whole catalogue (widen = every item)
+    got = head.gather(1, prep.trie.column(items))
+    # (near-ties within gen / alpha may swap places)
+    torch.testing.assert_close(got, head.topk(5, dim=1).values, rtol=0, atol=1e-3)
+    assert (scores[:, :-1] >= scores[:, 1:]).all()
+    gen = torch.Generator().manual_seed(1)
+    elig = torch.rand(len(b.pred_b), n_items, generator=gen) < 0.2
+    items, _ = model.generate(b, prep.trie, beam=5, eligible=elig)
+    for r in range(len(b.pred_b)):
+        out = items[r][items[r] >= 0].tolist()
+        assert out and set(out) <= set(prep.trie.items[elig[r]].tolist())
