@@ -342,3 +342,30 @@ def test_time_bias_starts_as_the_model_without_it(prep: Prepared) -> None:
         mcfg = load_config("tiny").model.model_copy(update={"time_bias": on, "dropout": 0.0})
         out.append(_first_level_logits(build_model(prep, mcfg).eval(), b))
     torch.testing.assert_close(out[1], out[0])
+
+
+def test_content_source_tokenizer_is_what_the_sids_were_built_from(
+    tiny_world: Path, tmp_path: Path
+) -> None:
+    from gpr.tokenizer.methods import load_tokenizer
+    from gpr.tokenizer.pipeline import run_tokenize
+
+    cfg = load_config("tiny", overrides=["tokenizer.collab_dim=4"])
+    run_tokenize(tiny_world, cfg, tmp_path / "tok")
+    text = prepare(
+        tiny_world,
+        tmp_path / "tok",
+        cfg.model.model_copy(update={"item_head": True}),
+        cfg.tokenizer.codebook_size,
+    )
+    mcfg = cfg.model.model_copy(update={"item_head": True, "content_source": "tokenizer"})
+    tp = prepare(tiny_world, tmp_path / "tok", mcfg, cfg.tokenizer.codebook_size)
+    assert text.content_table is not None and tp.content_table is not None
+    width = text.content_table.shape[1]
+    assert tp.content_table.shape == (len(tp.sids.codes), width + 4)
+    torch.testing.assert_close(tp.content_table[:, :width], text.content_table)
+    ids = tp.trie.items.numpy()
+    assert tp.content_table[ids, width:].abs().sum() > 0  # the collaborative part is there
+    # the saved tokenizer maps exactly these vectors to the saved semantic IDs
+    codes = load_tokenizer(tmp_path / "tok").encode(tp.content_table[ids].numpy())
+    np.testing.assert_array_equal(codes, tp.sids.codes[ids])

@@ -142,6 +142,10 @@ class ModelConfig(_Strict):
     # the item's content embedding (what the tokenizer encodes), projected and added to O/I input
     # tokens: content similarity reaches the model directly, also for items never seen in training
     content_input: bool = False
+    # the content table behind content_input and item_head: "text" = the item-text embedding;
+    # "tokenizer" = exactly what the SIDs were built from (text + the train-split collaborative
+    # vector when the tokenizer had collab_dim > 0; read from the SID dir's tokenizer.json)
+    content_source: Literal["text", "tokenizer"] = "text"
     # HSTU's temporal attention bias (model/hsd.py): a learned per-head bias by the log2 bucket of
     # the seconds between two events, so attention can weigh events by their age
     time_bias: bool = False

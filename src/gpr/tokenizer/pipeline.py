@@ -115,6 +115,33 @@ def _finite(v: float) -> float | None:
     return v if math.isfinite(v) else None
 
 
+def tokenizer_input(
+    data_dir: str | Path,
+    item_ids: np.ndarray,
+    content: np.ndarray,
+    tcfg: TokenizerConfig,
+    seed: int,
+) -> np.ndarray:
+    """What the tokenizer encodes: the content embedding, with the train-split collaborative
+    vector appended when `tokenizer.collab_dim` > 0 (rows in `item_ids` order)."""
+    x = validate_embeddings(content, 0, file=Path(data_dir) / "embeddings")
+    if tcfg.collab_dim > 0:
+        x = with_collab(
+            data_dir, item_ids, x, tcfg.collab_dim, tcfg.collab_weight, tcfg.collab_window, seed
+        )
+    return x
+
+
+def saved_tokenizer_input(data_dir: str | Path, tok_dir: str | Path) -> np.ndarray:
+    """The tokenizer input that the TOK dir's SIDs were built from (its saved config and seed),
+    rows in the order of `embed_items(data_dir).item_ids`."""
+    meta = read_json(Path(tok_dir) / "tokenizer.json")
+    tcfg = TokenizerConfig.model_validate(meta["config"])
+    emb = embed_items(data_dir)
+    ids = np.asarray(emb.item_ids, dtype=np.int64)
+    return tokenizer_input(data_dir, ids, emb.matrix, tcfg, int(meta["seed"]))
+
+
 def run_tokenize(
     data_dir: str | Path,
     cfg: GprConfig | TokenizerConfig,
@@ -150,11 +177,7 @@ def run_tokenize(
             field="item_id",
         )
     emb_file = root / "embeddings"
-    x = validate_embeddings(emb.matrix, 0, file=emb_file)
-    if tcfg.collab_dim > 0:
-        x = with_collab(
-            root, item_ids, x, tcfg.collab_dim, tcfg.collab_weight, tcfg.collab_window, seed_
-        )
+    x = tokenizer_input(root, item_ids, emb.matrix, tcfg, seed_)
     fit = fit_mask(items, manifest)
     x_fit = validate_embeddings(x[fit], tcfg.codebook_size, file=emb_file)
 

@@ -47,6 +47,7 @@ from gpr.model.thoughts import cached_topic_table, item_topics, topic_table, win
 from gpr.model.trie import Trie
 from gpr.threads import set_threads
 from gpr.tokenizer.embed import CACHE_DIR, MINILM_MODEL, embed_items, minilm_encoder
+from gpr.tokenizer.pipeline import saved_tokenizer_input
 
 MODELS = ("gpr", "hstu", "tiger", "sasrec")
 Recommender = GPRModel | TIGER | SASRec
@@ -158,8 +159,11 @@ def prepare(
         prep.thought_table = torch.from_numpy(table)
     if mcfg.content_input or mcfg.item_head:
         emb = embed_items(data_dir)
-        table = np.zeros((len(sids.codes), emb.matrix.shape[1]), dtype=np.float32)
-        table[np.asarray(emb.item_ids)] = emb.matrix
+        x = emb.matrix
+        if mcfg.content_source == "tokenizer":
+            x = saved_tokenizer_input(data_dir, sids_dir)
+        table = np.zeros((len(sids.codes), x.shape[1]), dtype=np.float32)
+        table[np.asarray(emb.item_ids)] = x
         prep.content_table = torch.from_numpy(table)
     return prep
 
