@@ -6,9 +6,10 @@
 A run trained with `model.item_head=true` ranks each user's candidates — the beam plus the item
 head's top `model.item_head_widen` items — by log p_SID + α · log p_head (model/item_head.py).
 α only re-weights scores that generation computes anyway, so one generation per split serves the
-whole grid: the candidates, their exact SID log-probabilities and their head log-probabilities are
-kept, and each α re-sorts them. α = 0 is the SID decoder alone (its beam, widened candidates
-scored by the decoder). Valid: `--limit` sampled users, as training validates; test: every user.
+whole grid: `GPRModel.candidates` keeps the candidates' exact SID log-probabilities and their head
+log-probabilities apart, and each α re-sorts them as `generate` would (`rank_candidates`).
+α = 0 is the SID decoder alone (its beam, widened candidates scored by the decoder).
+Valid: `--limit` sampled users, as training validates; test: every user.
 """
 
 from __future__ import annotations
@@ -17,37 +18,16 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from gpr.config import GprConfig
 from gpr.eval.retrieval import retrieval_metrics
 from gpr.io import write_json
-from gpr.model.gpr import GPRModel, beam_search, merge_ranked
+from gpr.model.gpr import GPRModel, rank_candidates
 from gpr.model.journey import tail_windows
-from gpr.model.trie import Trie
 from gpr.threads import set_threads
 from gpr.train.mtp import eval_positions, load_run
 
 KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
-
-
-@torch.no_grad()
-def candidates(
-    model: GPRModel, b: object, trie: Trie, beam: int
-) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """Per MTP head: candidate items (P, C), their SID log p and their item-head log p."""
-    assert model.item_head is not None
-    h, ctx, ok = model.encode(b)  # type: ignore[arg-type]
-    keys = model.item_head.keys(model.embed, trie)
-    out = []
-    for j in range(model.cfg.mtp_heads):
-        prefix, cond = model.ptd.prefix(h, ctx, ok, j)
-        it, sc = beam_search(model, prefix, trie, beam, None)
-        it, gen = model.fuse_item_head(prefix, cond, keys, it, sc, trie, None, None)
-        lp = torch.log_softmax(model.item_head.logits(cond, keys), dim=-1)
-        col = trie.column(it)
-        out.append((it, gen, torch.where(col >= 0, lp.gather(1, col.clamp(min=0)), -torch.inf)))
-    return out
 
 
 def main() -> None:
@@ -64,8 +44,6 @@ def main() -> None:
         raise SystemExit(f"{args.run}: not a GPR run with model.item_head=true")
     cfg = GprConfig.model_validate(info["config"])
     model.eval()
-    # fuse_item_head with α = 0 returns the SID log p alone; the head's part is kept apart
-    model.cfg = model.cfg.model_copy(update={"item_head_alpha": 0.0})
     items_all = prep.trie.items.numpy()
     beam, bs, max_len = cfg.train.beam, cfg.train.batch_size, model.cfg.max_len
     res: dict[str, dict[str, dict[str, float]]] = {}
@@ -76,12 +54,10 @@ def main() -> None:
         for lo in range(0, len(pos), bs):
             wins = tail_windows(prep.journeys, pos[lo : lo + bs], max_len)
             b = prep.batch(wins, (0, 1, 2), max_len, model.cfg.thought_tokens)
-            parts = candidates(model, b, prep.trie, beam)
+            parts = model.candidates(b, prep.trie, beam)
             targets.append(b.targets[:, 0].numpy())
-            its = torch.cat([p[0] for p in parts], 1)
             for a in args.alphas:
-                sc = torch.cat([p[1] + a * p[2] if a else p[1] for p in parts], 1)
-                ranked[a].append(merge_ranked(its, sc, beam)[0].numpy())
+                ranked[a].append(rank_candidates(parts, a, beam)[0].numpy())
         t = np.concatenate(targets)
         res[split] = {
             f"{a:g}": retrieval_metrics(np.concatenate(ranked[a]), t, items_all)

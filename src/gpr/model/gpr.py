@@ -196,62 +196,56 @@ class GPRModel(nn.Module):
     def generate(
         self, b: Batch, trie: Trie, beam: int, eligible: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Trie-constrained beam search for every MTP head; union ranked by log-probability.
+        """Trie-constrained beam search for every MTP head; union ranked by log-probability
+        (with the item head: log p_SID + item_head_alpha · log p_head).
 
         eligible: (P, A) bool over `trie.items` (None = every item). Returns item ids (P, N)
         (-1 padded, unique per row, best first) and their scores.
         """
+        parts = self.candidates(b, trie, beam, eligible)
+        return rank_candidates(parts, self.cfg.item_head_alpha, beam)
+
+    @torch.no_grad()
+    def candidates(
+        self, b: Batch, trie: Trie, beam: int, eligible: torch.Tensor | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Per MTP head: candidate items (P, C) (-1 padded), their SID log p and their item-head
+        log p (zeros without the head). The candidates are the head's beam, plus the item head's
+        top `item_head_widen` items, which get their exact SID log p (`path_logp`) so every
+        candidate is scored the same way."""
         h, ctx, ok = self.encode(b)
         counts = trie.eligible_counts(eligible) if eligible is not None else None
         keys = self.item_head.keys(self.embed, trie) if self.item_head is not None else None
-        items, scores = [], []
+        out = []
         for j in range(self.cfg.mtp_heads):
             prefix, cond = self.ptd.prefix(h, ctx, ok, j)
-            it, sc = beam_search(self, prefix, trie, beam, counts)
-            if keys is not None:
-                it, sc = self.fuse_item_head(prefix, cond, keys, it, sc, trie, counts, eligible)
-            items.append(it)
-            scores.append(sc)
-        return merge_ranked(torch.cat(items, 1), torch.cat(scores, 1), beam)
-
-    def fuse_item_head(
-        self,
-        prefix: torch.Tensor,
-        cond: torch.Tensor,
-        keys: torch.Tensor,
-        items: torch.Tensor,
-        logp: torch.Tensor,
-        trie: Trie,
-        counts: list[torch.Tensor] | None,
-        eligible: torch.Tensor | None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Beam (P, B) ∪ the item head's top-`widen` items, scored log p_SID + alpha · log p_head.
-
-        The added items get their exact SID log-probability (`path_logp`), so every candidate is
-        scored the same way. Returns (P, B + widen) items (-1 padded) and scores."""
-        assert self.item_head is not None
-        lp_head = torch.log_softmax(self.item_head.logits(cond, keys), dim=-1)  # (P, A)
-        if eligible is not None:
-            lp_head = lp_head.masked_fill(~eligible, -torch.inf)
-        widen = min(self.cfg.item_head_widen, lp_head.shape[1])
-        if widen > 0:
-            top_lp, top_col = lp_head.topk(widen, dim=1)
-            p = prefix.shape[0]
-            rows = torch.arange(p, device=prefix.device).repeat_interleave(widen)
-            gen = self.path_logp(
-                prefix.repeat_interleave(widen, dim=0),
-                trie.paths[top_col.reshape(-1)],
-                trie,
-                counts=counts,
-                rows=rows,
-            ).reshape(p, widen)
-            new_items = torch.where(torch.isfinite(top_lp), trie.items[top_col], -1)
-            items = torch.cat([items, new_items], dim=1)
-            logp = torch.cat([logp, torch.where(torch.isfinite(top_lp), gen, -torch.inf)], dim=1)
-        col = trie.column(items)
-        head = lp_head.gather(1, col.clamp(min=0))
-        fused = logp + self.cfg.item_head_alpha * head
-        return items, torch.where(col >= 0, fused, -torch.inf)
+            items, sid = beam_search(self, prefix, trie, beam, counts)
+            if keys is None:
+                out.append((items, sid, torch.zeros_like(sid)))
+                continue
+            assert self.item_head is not None
+            lp_head = torch.log_softmax(self.item_head.logits(cond, keys), dim=-1)  # (P, A)
+            if eligible is not None:
+                lp_head = lp_head.masked_fill(~eligible, -torch.inf)
+            widen = min(self.cfg.item_head_widen, lp_head.shape[1])
+            if widen > 0:
+                top_lp, top_col = lp_head.topk(widen, dim=1)
+                p = prefix.shape[0]
+                rows = torch.arange(p, device=prefix.device).repeat_interleave(widen)
+                gen = self.path_logp(
+                    prefix.repeat_interleave(widen, dim=0),
+                    trie.paths[top_col.reshape(-1)],
+                    trie,
+                    counts=counts,
+                    rows=rows,
+                ).reshape(p, widen)
+                found = torch.isfinite(top_lp)
+                items = torch.cat([items, torch.where(found, trie.items[top_col], -1)], dim=1)
+                sid = torch.cat([sid, torch.where(found, gen, -torch.inf)], dim=1)
+            col = trie.column(items)
+            head = torch.where(col >= 0, lp_head.gather(1, col.clamp(min=0)), -torch.inf)
+            out.append((items, sid, head))
+        return out
 
     @torch.no_grad()
     def hte_probs(
@@ -300,6 +294,15 @@ def beam_search(
         )
     items = torch.where(nodes >= 0, trie.leaf_item[nodes.clamp(min=0)], -1)
     return items, torch.where(nodes >= 0, logp, -torch.inf)
+
+
+def rank_candidates(
+    parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]], alpha: float, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`GPRModel.candidates` of every MTP head -> the best n by log p_SID + alpha · log p_head."""
+    items = torch.cat([it for it, _, _ in parts], 1)
+    scores = torch.cat([sid + alpha * head if alpha else sid for _, sid, head in parts], 1)
+    return merge_ranked(items, scores, n)
 
 
 def merge_ranked(

@@ -132,12 +132,13 @@ def tokenizer_input(
     return x
 
 
-def saved_tokenizer_input(data_dir: str | Path, tok_dir: str | Path) -> np.ndarray:
-    """The tokenizer input that the TOK dir's SIDs were built from (its saved config and seed),
-    rows in the order of `embed_items(data_dir).item_ids`."""
+def saved_tokenizer_input(
+    data_dir: str | Path, tok_dir: str | Path, emb: EmbeddingResult
+) -> np.ndarray:
+    """The tokenizer input that the TOK dir's SIDs were built from (its saved config and seed)
+    out of the data's embeddings `emb`, rows in `emb.item_ids` order."""
     meta = read_json(Path(tok_dir) / "tokenizer.json")
     tcfg = TokenizerConfig.model_validate(meta["config"])
-    emb = embed_items(data_dir)
     ids = np.asarray(emb.item_ids, dtype=np.int64)
     return tokenizer_input(data_dir, ids, emb.matrix, tcfg, int(meta["seed"]))
 

@@ -161,7 +161,7 @@ def prepare(
         emb = embed_items(data_dir)
         x = emb.matrix
         if mcfg.content_source == "tokenizer":
-            x = saved_tokenizer_input(data_dir, sids_dir)
+            x = saved_tokenizer_input(data_dir, sids_dir, emb)
         table = np.zeros((len(sids.codes), x.shape[1]), dtype=np.float32)
         table[np.asarray(emb.item_ids)] = x
         prep.content_table = torch.from_numpy(table)
