@@ -114,3 +114,64 @@ def test_widening_brings_the_heads_top_items_and_respects_eligibility(prep: Prep
     for r in range(len(b.pred_b)):
         out = items[r][items[r] >= 0].tolist()
         assert out and set(out) <= set(prep.trie.items[elig[r]].tolist())
+
+
+def test_last_item_is_the_latest_item_token_before_each_prediction(prep: Prepared) -> None:
+    b = _batch(prep)
+    got = b.last_item()
+    for p in range(len(b.pred_b)):
+        row = b.item[b.pred_b[p], : int(b.pred_t[p]) + 1]
+        seen = row[row >= 0]
+        assert int(got[p]) == (int(seen[-1]) if len(seen) else -1)
+    assert (got >= 0).any()
+
+
+def test_neighbour_table_is_the_brute_force_content_knn(prep: Prepared) -> None:
+    model = _model(prep, item_head_neighbours=5)
+    head, trie = model.item_head, prep.trie
+    assert head is not None
+    cols, sims = head.neighbour_table(trie, chunk=7)  # several chunks
+    unit = F.normalize(head.content, dim=1)
+    assert cols.shape == sims.shape == (len(unit), 5)
+    for q in (int(trie.items[0]), int(trie.items[-1]), 0):
+        sim = unit[q] @ unit[trie.items].T
+        own = int(trie.column(torch.tensor([q]))[0])
+        if own >= 0:
+            sim[own] = -torch.inf
+        want = sim.topk(5)
+        torch.testing.assert_close(sims[q], want.values)
+        assert own not in cols[q].tolist()
+        torch.testing.assert_close(sim[cols[q]], want.values)  # ties may swap columns
+
+
+def test_neighbour_prior_adds_beta_times_cosine_at_the_neighbours(prep: Prepared) -> None:
+    model = _model(prep, item_head_neighbours=4, item_head_beta=3.0)
+    head, trie = model.item_head, prep.trie
+    assert head is not None and head.log_beta is not None
+    b = _batch(prep, n=4)
+    h, ctx, ok = model.encode(b)
+    _, cond = model.ptd.prefix(h, ctx, ok, 0)
+    keys = head.keys(model.embed, trie)
+    last = b.last_item()
+    last[0] = -1  # no history item: no prior
+    plain = head.logits(cond, keys)
+    got = head.logits(cond, keys, last, trie)
+    cols, sims = head.neighbour_table(trie)
+    want = plain.clone()
+    for p in range(1, len(last)):
+        for c, s in zip(cols[last[p]].tolist(), sims[last[p]].tolist(), strict=True):
+            if c >= 0:
+                want[p, c] += 3.0 * s
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(got[0], plain[0])
+    # beta is learnt: the item loss has a gradient on it
+    model.train()
+    model.loss(b, trie)["loss"].backward()
+    assert head.log_beta.grad is not None and head.log_beta.grad.abs() > 0
+
+
+def test_neighbour_prior_needs_a_content_table() -> None:
+    from gpr.model.item_head import ItemHead
+
+    with pytest.raises(ValueError, match="item_head_neighbours"):
+        ItemHead(8, None, neighbours=3)

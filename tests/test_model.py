@@ -156,6 +156,7 @@ COMPONENTS = [
     {"content_input": True},
     {"time_bias": True},
     {"item_head": True},
+    {"item_head": True, "item_head_neighbours": 8},
 ]
 
 

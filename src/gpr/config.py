@@ -156,6 +156,10 @@ class ModelConfig(_Strict):
     item_head_weight: float = Field(1.0, ge=0)
     item_head_alpha: float = Field(1.0, ge=0)
     item_head_widen: int = Field(50, ge=0)
+    # K > 0: the head's logits add beta · content cosine to the K nearest neighbours of the user's
+    # last item (a learnt beta, initialised at item_head_beta); needs a content table
+    item_head_neighbours: int = Field(0, ge=0)
+    item_head_beta: float = Field(10.0, gt=0)
 
 
 class TrainConfig(_Strict):

@@ -71,7 +71,11 @@ class GPRModel(nn.Module):
             self.level_sizes,
             cfg.dropout,
         )
-        self.item_head = ItemHead(d, content) if cfg.item_head else None
+        self.item_head = (
+            ItemHead(d, content, cfg.item_head_neighbours, cfg.item_head_beta)
+            if cfg.item_head
+            else None
+        )
         side = side_width(cfg.hte_side, cfg.hte_session)
         self.hte = HTE(d, levels, side) if cfg.hte else None
         self.thoughts = cfg.thought_tokens > 0 and thought_table is not None
@@ -125,6 +129,7 @@ class GPRModel(nn.Module):
         total = h.new_zeros(())
         out: dict[str, torch.Tensor] = {}
         keys: torch.Tensor | None = None  # the item head's keys, built once per batch
+        last = b.last_item()
         for j in range(self.cfg.mtp_heads):
             paths = b.target_codes[:, j]  # (P, L+1)
             parents = trie.parents(paths)
@@ -141,9 +146,8 @@ class GPRModel(nn.Module):
             if self.item_head is not None:
                 keys = self.item_head.keys(self.embed, trie) if keys is None else keys
                 col = trie.column(b.targets[rows, j])
-                ce = F.cross_entropy(
-                    self.item_head.logits(cond, keys), col.clamp(min=0), reduction="none"
-                )
+                lg = self.item_head.logits(cond, keys, last[rows], trie)
+                ce = F.cross_entropy(lg, col.clamp(min=0), reduction="none")
                 iw = w * (col >= 0)
                 item_loss = (ce * iw).sum() / iw.sum().clamp(min=1e-8)
                 out[f"item_{j}"] = item_loss.detach()
@@ -216,6 +220,7 @@ class GPRModel(nn.Module):
         h, ctx, ok = self.encode(b)
         counts = trie.eligible_counts(eligible) if eligible is not None else None
         keys = self.item_head.keys(self.embed, trie) if self.item_head is not None else None
+        last = b.last_item()
         out = []
         for j in range(self.cfg.mtp_heads):
             prefix, cond = self.ptd.prefix(h, ctx, ok, j)
@@ -224,7 +229,8 @@ class GPRModel(nn.Module):
                 out.append((items, sid, torch.zeros_like(sid)))
                 continue
             assert self.item_head is not None
-            lp_head = torch.log_softmax(self.item_head.logits(cond, keys), dim=-1)  # (P, A)
+            lg = self.item_head.logits(cond, keys, last, trie)
+            lp_head = torch.log_softmax(lg, dim=-1)  # (P, A)
             if eligible is not None:
                 lp_head = lp_head.masked_fill(~eligible, -torch.inf)
             widen = min(self.cfg.item_head_widen, lp_head.shape[1])

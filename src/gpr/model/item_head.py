@@ -7,9 +7,16 @@ so every item has a key, also one never seen in training. Training: a full-softm
 over `trie.items` (SASRec's objective, without SASRec's item-id table). Generation
 (`GPRModel.generate`): the beam plus the head's top-`widen` items, each scored by
 log p_SID(item) + alpha · log p_head(item), a product of the two experts.
+
+With `neighbours` = K > 0 the head's logits also get beta · cos(c_last, c_item) for the K nearest
+generatable items of the user's last item in the full content space (a learnt beta, one scalar):
+the last-item nearest-neighbour lookup of `benchmarks/knn.py`, inside the model, at full content
+width instead of through the d-wide key projection.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -21,8 +28,16 @@ from gpr.model.trie import Trie
 class ItemHead(nn.Module):
     content: torch.Tensor
 
-    def __init__(self, d: int, content: torch.Tensor | None = None) -> None:
+    def __init__(
+        self, d: int, content: torch.Tensor | None = None, neighbours: int = 0, beta: float = 10.0
+    ) -> None:
         super().__init__()
+        if neighbours > 0 and content is None:
+            raise ValueError("model.item_head_neighbours needs the items' content table")
+        self.neighbours = neighbours
+        # the neighbour prior's weight, as log beta so that it stays positive and scales freely
+        self.log_beta = nn.Parameter(torch.tensor(math.log(beta))) if neighbours > 0 else None
+        self._table: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (trie id, cols, sims)
         self.query = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
         self.content_key = nn.Linear(content.shape[1], d) if content is not None else None
         if content is not None:  # rebuilt from the data on load, not part of the checkpoint
@@ -35,6 +50,44 @@ class ItemHead(nn.Module):
             k = k + self.content_key(self.content[trie.items])
         return k
 
-    def logits(self, cond: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """(P, d) thinking summaries, (A, d) keys -> (P, A) logits."""
-        return self.query(cond) @ keys.T
+    def logits(
+        self,
+        cond: torch.Tensor,
+        keys: torch.Tensor,
+        last: torch.Tensor | None = None,
+        trie: Trie | None = None,
+    ) -> torch.Tensor:
+        """(P, d) thinking summaries, (A, d) keys -> (P, A) logits; with the neighbour prior on,
+        `last` (P,) is each prediction's last item id (-1: none) and `trie` the one behind keys."""
+        out = self.query(cond) @ keys.T
+        if self.log_beta is None or last is None or trie is None:
+            return out
+        cols, sims = self.neighbour_table(trie)
+        has = (last >= 0) & (last < len(cols))
+        q = last.clamp(0, len(cols) - 1)
+        c = cols[q]  # (P, K)
+        bonus = self.log_beta.exp() * sims[q] * (has.unsqueeze(1) & (c >= 0))
+        return out.scatter_add(1, c.clamp(min=0), bonus)
+
+    def neighbour_table(self, trie: Trie, chunk: int = 2048) -> tuple[torch.Tensor, torch.Tensor]:
+        """For every item id: the columns (in `trie.items`) of its `neighbours` nearest
+        generatable items by content cosine, itself excluded, and those cosines; (N, K) each,
+        column -1 where fewer exist. Built once per trie."""
+        if self._table is not None and self._table[0] == id(trie):
+            return self._table[1], self._table[2]
+        unit = self.content / self.content.norm(dim=1, keepdim=True).clamp(min=1e-9)
+        unit = unit.to(trie.items.device)
+        cand = unit[trie.items]  # (A, D)
+        k = min(self.neighbours, len(trie.items))
+        cols, sims = [], []
+        for s in range(0, len(unit), chunk):
+            q = torch.arange(s, min(s + chunk, len(unit)), device=unit.device)
+            sim = unit[q] @ cand.T
+            own = trie.column(q)
+            sim[own >= 0, own[own >= 0]] = -torch.inf  # not the item itself
+            top = sim.topk(k, dim=1)
+            cols.append(torch.where(torch.isfinite(top.values), top.indices, -1))
+            sims.append(torch.where(torch.isfinite(top.values), top.values, 0.0))
+        table = (torch.cat(cols), torch.cat(sims))
+        self._table = (id(trie), *table)
+        return table

@@ -240,6 +240,13 @@ class Batch:
     def to(self, device: torch.device | str) -> Batch:
         return Batch(**{k: v.to(device) for k, v in self.__dict__.items()})
 
+    def last_item(self) -> torch.Tensor:
+        """(P,) the latest O/I item id at or before each prediction position, -1 if none."""
+        t = torch.arange(self.item.shape[1], device=self.item.device).expand_as(self.item)
+        latest = torch.where(self.item >= 0, t, -1).cummax(dim=1).values  # (B, T)
+        pos = latest[self.pred_b, self.pred_t]
+        return torch.where(pos >= 0, self.item[self.pred_b, pos.clamp(min=0)], -1)
+
 
 def collate(
     j: Journeys,
