@@ -37,7 +37,8 @@ class ItemHead(nn.Module):
         self.neighbours = neighbours
         # the neighbour prior's weight, as log beta so that it stays positive and scales freely
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta))) if neighbours > 0 else None
-        self._table: tuple[int, torch.Tensor, torch.Tensor] | None = None  # (trie id, cols, sims)
+        # (trie id, cols, sims): Trie.to moves a trie in place, so the device is checked too
+        self._table: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self.query = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
         self.content_key = nn.Linear(content.shape[1], d) if content is not None else None
         if content is not None:  # rebuilt from the data on load, not part of the checkpoint
@@ -73,8 +74,9 @@ class ItemHead(nn.Module):
         """For every item id: the columns (in `trie.items`) of its `neighbours` nearest
         generatable items by content cosine, itself excluded, and those cosines; (N, K) each,
         column -1 where fewer exist. Built once per trie."""
-        if self._table is not None and self._table[0] == id(trie):
-            return self._table[1], self._table[2]
+        t = self._table
+        if t is not None and t[0] == id(trie) and t[1].device == trie.items.device:
+            return t[1], t[2]
         unit = self.content / self.content.norm(dim=1, keepdim=True).clamp(min=1e-9)
         unit = unit.to(trie.items.device)
         cand = unit[trie.items]  # (A, D)
