@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from gpr.eval.retrieval import retrieval_metrics
+from gpr.model.item_head import nearest_by_cosine
 from gpr.tokenizer.collab import item_sequences, with_collab
 from gpr.tokenizer.embed import embed_items
 
@@ -37,17 +38,11 @@ def query_target(
     return item[idx - 1], item[idx]
 
 
-def rank(space: np.ndarray, q: np.ndarray, k: int = 10, chunk: int = 4096) -> np.ndarray:
+def rank(space: np.ndarray, q: np.ndarray, k: int = 10) -> np.ndarray:
     """Top-k rows by cosine to each query row (the query itself excluded)."""
-    e = torch.from_numpy(space)
-    e = e / e.norm(dim=1, keepdim=True).clamp(min=1e-9)
-    out = []
-    for s in range(0, len(q), chunk):
-        qq = torch.from_numpy(q[s : s + chunk])
-        sim = e[qq] @ e.T
-        sim[torch.arange(len(qq)), qq] = -torch.inf
-        out.append(sim.topk(k, dim=1).indices.numpy())
-    return np.concatenate(out)
+    e = torch.from_numpy(np.ascontiguousarray(space))
+    cols, _ = nearest_by_cosine(e, torch.from_numpy(q), torch.arange(len(e)), k)
+    return cols.numpy()
 
 
 def main() -> None:

@@ -77,19 +77,31 @@ class ItemHead(nn.Module):
         t = self._table
         if t is not None and t[0] == id(trie) and t[1].device == trie.items.device:
             return t[1], t[2]
-        unit = self.content / self.content.norm(dim=1, keepdim=True).clamp(min=1e-9)
-        unit = unit.to(trie.items.device)
-        cand = unit[trie.items]  # (A, D)
-        k = min(self.neighbours, len(trie.items))
-        cols, sims = [], []
-        for s in range(0, len(unit), chunk):
-            q = torch.arange(s, min(s + chunk, len(unit)), device=unit.device)
-            sim = unit[q] @ cand.T
-            own = trie.column(q)
-            sim[own >= 0, own[own >= 0]] = -torch.inf  # not the item itself
-            top = sim.topk(k, dim=1)
-            cols.append(torch.where(torch.isfinite(top.values), top.indices, -1))
-            sims.append(torch.where(torch.isfinite(top.values), top.values, 0.0))
-        table = (torch.cat(cols), torch.cat(sims))
+        dev = trie.items.device
+        queries = torch.arange(len(self.content), device=dev)
+        table = nearest_by_cosine(self.content.to(dev), queries, trie.items, self.neighbours, chunk)
         self._table = (id(trie), *table)
         return table
+
+
+def nearest_by_cosine(
+    space: torch.Tensor, queries: torch.Tensor, cand: torch.Tensor, k: int, chunk: int = 2048
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each query row of `space` (N, D): its k nearest rows among `cand` (A,) by cosine, the
+    query row itself excluded. Returns positions in `cand` (Q, k), -1 where fewer exist, and the
+    cosines (Q, k), 0 there. Chunked over queries, so memory is chunk × A."""
+    unit = space / space.norm(dim=1, keepdim=True).clamp(min=1e-9)
+    col = torch.full((len(space),), -1, dtype=torch.long, device=space.device)
+    col[cand] = torch.arange(len(cand), device=space.device)
+    k, keys = min(k, len(cand)), unit[cand]
+    cols, sims = [], []
+    for s in range(0, len(queries), chunk):
+        q = queries[s : s + chunk]
+        sim = unit[q] @ keys.T
+        own = col[q]
+        sim[own >= 0, own[own >= 0]] = -torch.inf  # not the query itself
+        top = sim.topk(k, dim=1)
+        ok = torch.isfinite(top.values)
+        cols.append(torch.where(ok, top.indices, -1))
+        sims.append(torch.where(ok, top.values, 0.0))
+    return torch.cat(cols), torch.cat(sims)
