@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import torch
 
-from gpr.config import load_config
+from gpr.core.config import load_config
 from gpr.world import generate_world
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -14,19 +14,32 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from gpr.config import load_config
-from gpr.errors import GprInputError
-from gpr.eval.eligibility import Users, eligible_mask
-from gpr.eval.history import LogData
-from gpr.eval.policy import RequestBatch, load_policy
+from gpr.cascade.simulator import Simulator
+from gpr.cascade.train import train_cascade
+from gpr.core.config import load_config
+from gpr.core.errors import GprInputError
 from gpr.eval.simulate import simulate_spec
+from gpr.market.ads import Users, eligible_mask
+from gpr.market.journeys import LogData
+from gpr.market.policy import RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.hte import SESSION_FEATURES, SIDE_FEATURES
 from gpr.model.journey import Batch, E, I, Journeys, O, U, positions_for_split
+from gpr.model.prepare import Prepared
+from gpr.model.registry import load_run
+from gpr.policy.builtins import load_policy
+from gpr.policy.rollout import (
+    RequestContext,
+    RequestSet,
+    level_dists,
+    level_kl,
+    sample,
+    split_heads,
+    taken,
+)
 from gpr.train import mtp
 from gpr.train.align import Aligner, ad_log_value_mean
 from gpr.train.arr import synthetic_requests
-from gpr.train.cascade.train import train_cascade
 from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
 from gpr.train.hepo import (
     gae,
@@ -38,16 +51,6 @@ from gpr.train.hepo import (
     value_loss,
 )
 from gpr.train.hte_distill import distill_hte, pair_agreement
-from gpr.train.rollout import (
-    RequestContext,
-    RequestSet,
-    level_dists,
-    level_kl,
-    sample,
-    split_heads,
-    taken,
-)
-from gpr.train.simulator import Simulator
 from gpr.train.vaft import value_weights
 from tests.conftest import run_cli
 
@@ -68,9 +71,9 @@ def runs(
 
 
 @pytest.fixture(scope="module")
-def loaded(runs: tuple[Path, Path]) -> tuple[GPRModel, mtp.Prepared]:
+def loaded(runs: tuple[Path, Path]) -> tuple[GPRModel, Prepared]:
     """The tiny MTP run's model (eval mode) and its prepared journeys."""
-    model, prep, _ = mtp.load_run(runs[0])
+    model, prep, _ = load_run(runs[0])
     assert isinstance(model, GPRModel)
     return model.eval(), prep
 
@@ -462,7 +465,7 @@ def test_arr_hand_example() -> None:
     assert len(empty) == 0 and empty.env is not None and empty.env.shape == (0, 4)
 
 
-def test_arr_on_tiny_world(loaded: tuple[GPRModel, mtp.Prepared], sim: Simulator) -> None:
+def test_arr_on_tiny_world(loaded: tuple[GPRModel, Prepared], sim: Simulator) -> None:
     _, prep = loaded
     j, users = prep.journeys, sim.logs.users
     pos = positions_for_split(j, prep.pred_mask, "train")
@@ -495,7 +498,7 @@ def test_arr_on_tiny_world(loaded: tuple[GPRModel, mtp.Prepared], sim: Simulator
 
 
 # --- simulator ---------------------------------------------------------------------------------
-def test_simulator_scores(sim: Simulator, loaded: tuple[GPRModel, mtp.Prepared]) -> None:
+def test_simulator_scores(sim: Simulator, loaded: tuple[GPRModel, Prepared]) -> None:
     logs = sim.logs
     pos = logs.journeys.requests("train")[:5]
     rid = logs.journeys.request[pos]
@@ -561,7 +564,7 @@ def test_split_heads_and_request_sets() -> None:
     assert t.pos.tolist() == [7, 3] and t.env is not None and t.env.tolist()[0] == [1, 2, 3, 4]
 
 
-def test_rollout_invariants(loaded: tuple[GPRModel, mtp.Prepared], sim: Simulator) -> None:
+def test_rollout_invariants(loaded: tuple[GPRModel, Prepared], sim: Simulator) -> None:
     model, prep = loaded
     trie = prep.trie
     ctx = RequestContext(prep, sim.logs.ads, sim.logs.users)
@@ -661,7 +664,7 @@ def _perturbed_copy(run: Path, out: Path, seed: int = 0) -> Path:
     (out / "run.json").write_text((run / "run.json").read_text())
     gen = torch.Generator().manual_seed(seed)
     w = load_file(str(run / "model.safetensors"))
-    params = {k for k, _ in mtp.load_run(run)[0].named_parameters()}  # not the buffers
+    params = {k for k, _ in load_run(run)[0].named_parameters()}  # not the buffers
     noisy = {k: v + 0.05 * torch.randn(v.shape, generator=gen) if k in params else v
              for k, v in w.items()}  # fmt: skip
     save_file(noisy, str(out / "model.safetensors"))
@@ -770,7 +773,7 @@ def test_hte_distillation_fits_the_simulator(runs: tuple[Path, Path], tmp_path: 
         assert changed and all(k.startswith(("hte.ctr.", "hte.cvr.")) for k in changed)
     else:
         assert not changed
-    model, _, _ = mtp.load_run(tmp_path / "hte")  # loads as an ordinary run
+    model, _, _ = load_run(tmp_path / "hte")  # loads as an ordinary run
     assert isinstance(model, GPRModel)
 
 
@@ -797,9 +800,9 @@ def test_hte_distillation_with_side_features(
     assert after["hte.side_cvr.weight"].shape == (1, width)
     if info["best"]["epoch"] > 0:  # the wide part moved off its zero start
         assert after["hte.side_cvr.weight"].abs().sum() > 0
-    model, _, _ = mtp.load_run(tmp_path / "hte")
+    model, _, _ = load_run(tmp_path / "hte")
     assert isinstance(model, GPRModel) and model.hte is not None and model.hte.side == width
-    assert not mtp.load_run(init)[0].cfg.hte_side  # the init run is untouched
+    assert not load_run(init)[0].cfg.hte_side  # the init run is untouched
     # it serves: GPR ranks its union with the side-feature HTE (the replay's budgets kept)
     res = simulate_spec(
         tmp_path / "hte", tiny_world, "test", max_requests=200, overrides=["serve.hte_weight=2"]

@@ -8,20 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from gpr.config import load_config
+from gpr.core.config import load_config
+from gpr.eval.retrieval import evaluate_run
 from gpr.model.baselines import TIGER, SASRec
 from gpr.model.baselines.tiger import grid_slots
 from gpr.model.journey import Batch, E, I, O, collate, make_windows, positions_for_split
-from gpr.train.mtp import (
-    MODELS,
-    Prepared,
-    build_model,
-    evaluate_run,
-    load_run,
-    model_config_for,
-    prepare,
-    train,
-)
+from gpr.model.prepare import Prepared, prepare
+from gpr.model.registry import MODELS, build_model, load_run, model_config_for
+from gpr.train.mtp import train
 from tests.conftest import overfit
 
 NAMES = ["sasrec", "tiger"]

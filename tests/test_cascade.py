@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from gpr.errors import GprInputError
-from gpr.eval.history import LogData
-from gpr.eval.policy import Logging, Oracle, RandomEligible, load_policy
+from gpr.cascade.auction import run_auction
+from gpr.cascade.config import CascadeConfig, cascade_config
+from gpr.cascade.features import Catalog, request_features
+from gpr.cascade.train import evaluate_ranking, train_cascade
+from gpr.core.errors import GprInputError
 from gpr.eval.simulate import SimData, simulate
-from gpr.train.cascade.auction import run_auction
-from gpr.train.cascade.config import CascadeConfig, cascade_config
-from gpr.train.cascade.features import Catalog, request_features
-from gpr.train.cascade.train import evaluate_ranking, train_cascade
+from gpr.market.journeys import LogData
+from gpr.policy.builtins import Logging, Oracle, RandomEligible, load_policy
 
 FAST = {"epochs": 1, "wide_epochs": 2, "retrieval_epochs": 1}
 
@@ -113,7 +113,7 @@ def test_training_is_deterministic(tiny_world: Path, tmp_path: Path, run: Path) 
 
 
 def test_run_on_another_catalog_is_refused(run: Path, tmp_path: Path) -> None:
-    from gpr.config import load_config
+    from gpr.core.config import load_config
     from gpr.world import generate_world
 
     cfg = load_config(
@@ -125,7 +125,7 @@ def test_run_on_another_catalog_is_refused(run: Path, tmp_path: Path) -> None:
 
 
 def test_ad_stats_use_only_earlier_days(tiny_world: Path) -> None:
-    from gpr.train.cascade.features import ad_stats
+    from gpr.cascade.features import ad_stats
 
     logs = LogData.load(tiny_world)
     s = ad_stats(logs.journeys, logs.ads)

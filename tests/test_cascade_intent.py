@@ -8,16 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpr.eval.history import LogData
-from gpr.train.cascade.config import cascade_config
-from gpr.train.cascade.features import (
-    N_MATCH,
-    Catalog,
-    request_features,
-    session_mean,
-)
-from gpr.train.cascade.intent import SessionIntent, _shares, train_intent
-from gpr.train.cascade.serve import load_cascade
+from gpr.cascade.config import cascade_config
+from gpr.cascade.features import N_MATCH, Catalog, request_features, session_mean
+from gpr.cascade.intent import SessionIntent, _shares, train_intent
+from gpr.cascade.load import load_cascade
+from gpr.market.journeys import LogData
 
 
 def test_session_mean_and_topic_shares_by_hand() -> None:
@@ -60,7 +55,7 @@ def test_untrained_intent_scores_zero_and_training_fits_views(tiny_world: Path) 
 
 
 def test_cascade_with_intent_trains_and_serves(tiny_world: Path, tmp_path: Path) -> None:
-    from gpr.train.cascade.train import evaluate_ranking, train_cascade
+    from gpr.cascade.train import evaluate_ranking, train_cascade
 
     run = tmp_path / "run"
     cfg = cascade_config(

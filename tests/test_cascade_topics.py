@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from gpr.eval.history import SPLIT_CODE, TYPE_CODE, LogData
-from gpr.train.cascade.config import cascade_config
-from gpr.train.cascade.features import N_MATCH, Catalog, current_session
-from gpr.train.cascade.serve import load_cascade
-from gpr.train.cascade.topics import (
+from gpr.cascade.config import cascade_config
+from gpr.cascade.features import N_MATCH, Catalog, current_session
+from gpr.cascade.load import load_cascade
+from gpr.cascade.topics import (
     N_TOPIC,
     SESSION_SECONDS,
     WINDOW,
@@ -25,7 +24,8 @@ from gpr.train.cascade.topics import (
     _posterior,
     topic_features,
 )
-from gpr.train.cascade.train import impressions, predict, train_cascade
+from gpr.cascade.train import impressions, predict, train_cascade
+from gpr.market.journeys import SPLIT_CODE, TYPE_CODE, LogData
 
 
 def _planted(n_users: int = 60, n_sess: int = 12, views: int = 6, seed: int = 0) -> Any:

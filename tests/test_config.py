@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from gpr.config import PRESETS, load_config
-from gpr.errors import GprInputError
+from gpr.core.config import PRESETS, load_config
+from gpr.core.errors import GprInputError
 
 
 @pytest.mark.parametrize("name", PRESETS)
@@ -52,3 +52,10 @@ def test_unknown_preset_and_bad_yaml(tmp_path: Path) -> None:
     f.write_text("world: [1, 2\n")
     with pytest.raises(GprInputError, match="invalid YAML"):
         load_config(file=f)
+
+
+def test_cascade_session_gap_default_is_the_market_rule() -> None:
+    from gpr.core.config import CascadeConfig
+    from gpr.market.sessions import SESSION_GAP_SECONDS
+
+    assert CascadeConfig().session_gap_seconds == SESSION_GAP_SECONDS

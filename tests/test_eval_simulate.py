@@ -10,14 +10,14 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
+from gpr.core.errors import GprInputError
+from gpr.core.io import write_parquet
+from gpr.core.metrics import auc, gauc
 from gpr.data.schema import EVENTS, ITEMS, USERS
-from gpr.errors import GprInputError
-from gpr.eval.eligibility import eligible_mask
-from gpr.eval.history import LogData
-from gpr.eval.metrics import auc, gauc
-from gpr.eval.policy import Logging, Oracle, RandomEligible, load_policy
 from gpr.eval.simulate import SimData, replay, simulate
-from gpr.io import write_parquet
+from gpr.market.ads import eligible_mask
+from gpr.market.journeys import LogData
+from gpr.policy.builtins import Logging, Oracle, RandomEligible, load_policy
 
 # --- a hand-made world: 2 users, 3 organic items, ads A (3), B (4), C (5), 3 test requests --------
 A, B, C = 3, 4, 5
@@ -184,7 +184,7 @@ def test_eligibility(hand: SimData) -> None:
 
 
 def test_policy_shapes_and_padding(hand: SimData) -> None:
-    from gpr.eval.policy import RequestBatch
+    from gpr.market.policy import RequestBatch
 
     j = hand.journeys
     pos = j.requests("test")
@@ -248,7 +248,7 @@ def tiny(tiny_world: Path) -> SimData:
 
 
 def test_oracle_fast_path_equals_truth(tiny: SimData) -> None:
-    from gpr.eval.policy import RequestBatch
+    from gpr.market.policy import RequestBatch
 
     j = tiny.journeys
     pos = j.requests("test")[:50]

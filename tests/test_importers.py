@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from gpr.core.errors import GprInputError
 from gpr.data.amazon import import_amazon
 from gpr.data.movielens import import_ml100k
 from gpr.data.schema import load_dataset
 from gpr.data.sequences import leave_one_out
-from gpr.errors import GprInputError
 
 
 def test_leave_one_out_labels() -> None:

@@ -8,10 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpr.config import load_config
+from gpr.core.config import load_config
 from gpr.model.gpr import GPRModel, beam_search
 from gpr.model.journey import collate, make_windows, positions_for_split
-from gpr.train.mtp import Prepared, build_model, prepare
+from gpr.model.prepare import Prepared, prepare
+from gpr.model.registry import build_model
 
 
 @pytest.fixture(scope="module")

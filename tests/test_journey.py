@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpr.eval.retrieval import ndcg_at, recall_at, retrieval_metrics, target_ranks
+from gpr.core.metrics import ndcg_at, recall_at, retrieval_metrics, target_ranks
 from gpr.model.journey import (
     E,
     I,

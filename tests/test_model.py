@@ -11,13 +11,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gpr.config import ModelConfig, load_config
+from gpr.core.config import ModelConfig, load_config
 from gpr.model.gpr import GPRModel, merge_ranked
 from gpr.model.journey import E, I, O, U, collate, make_windows, positions_for_split
 from gpr.model.masks import NO_TIME, TIME_BUCKETS, hybrid_mask, time_buckets
+from gpr.model.prepare import Prepared, prepare
+from gpr.model.registry import build_model, model_config_for
 from gpr.model.thoughts import cached_topic_table, default_template
 from gpr.model.trie import Trie
-from gpr.train.mtp import Prepared, build_model, model_config_for, prepare
 from tests.conftest import overfit
 
 

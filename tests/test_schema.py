@@ -10,8 +10,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from gpr.core.errors import GprInputError
 from gpr.data.schema import load_dataset
-from gpr.errors import GprInputError
 from tests.conftest import run_cli
 
 
@@ -129,7 +129,7 @@ def test_cli_bad_config_writes_nothing(tmp_path: Path) -> None:
 
 
 def test_failed_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from gpr.config import load_config
+    from gpr.core.config import load_config
     from gpr.world import generate, generate_world
 
     def boom(*a, **k):  # type: ignore[no-untyped-def]

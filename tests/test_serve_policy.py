@@ -8,18 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from gpr.config import load_config
-from gpr.errors import GprInputError
-from gpr.eval.policy import RequestBatch, load_policy
+from gpr.core.config import load_config
+from gpr.core.errors import GprInputError
 from gpr.eval.simulate import SimData, simulate_spec
+from gpr.market.policy import RequestBatch
 from gpr.model.hte import HTE, SESSION_FEATURES, SIDE_FEATURES, side_width
 from gpr.model.journey import Batch, E, I, O, U
-from gpr.serve.policy import (
-    GenerativePolicy,
-    ItemTopics,
-    hte_side_features,
-    session_side_features,
-)
+from gpr.policy.builtins import load_policy
+from gpr.policy.generative import GenerativePolicy
+from gpr.policy.hte_features import ItemTopics, hte_side_features, session_side_features
 from gpr.train.mtp import train
 
 

@@ -6,7 +6,7 @@ import numpy as np  # noqa: F401  (loads the BLAS threadpoolctl inspects)
 import torch
 from threadpoolctl import threadpool_info
 
-from gpr.threads import limit_threads
+from gpr.core.runtime import limit_threads
 
 
 def _blas_threads() -> list[int]:

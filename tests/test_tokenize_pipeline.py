@@ -12,11 +12,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from gpr.config import TokenizerConfig, load_config
+from gpr.core.config import TokenizerConfig, load_config
+from gpr.core.errors import GprInputError
+from gpr.core.io import read_json, write_json
 from gpr.data.amazon import read_meta
 from gpr.data.sequences import items_table, users_table, write_sequence_dataset
-from gpr.errors import GprInputError
-from gpr.io import read_json, write_json
 from gpr.tokenizer import load_tokenizer, path_ids
 from gpr.tokenizer.embed import (
     MINILM_MODEL,

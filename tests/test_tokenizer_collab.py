@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gpr.config import load_config
+from gpr.core.config import load_config
 from gpr.tokenizer.collab import ppmi_svd, with_collab
 from gpr.tokenizer.pipeline import run_tokenize
 

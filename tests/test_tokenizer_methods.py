@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from gpr.config import TokenizerConfig
-from gpr.errors import GprInputError
+from gpr.core.config import TokenizerConfig
+from gpr.core.errors import GprInputError
 from gpr.tokenizer import (
     RQKmeansPlusTokenizer,
     Tokenizer,

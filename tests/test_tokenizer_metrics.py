@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gpr.errors import GprInputError
+from gpr.core.errors import GprInputError
 from gpr.tokenizer import (
     collision_rate,
     cur,

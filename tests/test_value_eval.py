@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gpr.config import load_config
-from gpr.errors import GprInputError
+from gpr.core.config import load_config
+from gpr.core.errors import GprInputError
 from gpr.eval.value import ndcg_value, opr, value_eval
 from gpr.train import mtp
 

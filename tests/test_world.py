@@ -7,10 +7,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from gpr.config import load_config
+from gpr.core.config import load_config
+from gpr.core.errors import GprInputError
+from gpr.core.io import file_sha256, read_json
 from gpr.data.schema import load_dataset
-from gpr.errors import GprInputError
-from gpr.io import file_sha256, read_json
 from gpr.world import Truth, generate_world
 
 FILES = [

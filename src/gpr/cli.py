@@ -11,8 +11,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from gpr.config import GprConfig, load_config
-from gpr.errors import GprInputError
+from gpr.core.config import GprConfig, load_config
+from gpr.core.errors import GprInputError
 
 app = typer.Typer(
     add_completion=False,
@@ -212,11 +212,12 @@ def train_cmd(
     if data is None:
         raise GprInputError("--data DIR is required", field="data")
     if model == "cascade":
-        from gpr.train.cascade.train import train_cascade
+        from gpr.cascade.train import train_cascade
 
         _print_json(train_cascade(data, cfg.cascade, cfg.seed, out))
         return
-    from gpr.train.mtp import MODELS, train
+    from gpr.model.registry import MODELS
+    from gpr.train.mtp import train
 
     if model not in MODELS:
         raise GprInputError(
@@ -289,8 +290,8 @@ def eval_cmd(
     threads: ThreadsOpt = 1,
 ) -> None:
     """Generative runs: Recall/NDCG@5,10, HitRate@100. Cascade runs: ranking AUC / GAUC."""
-    from gpr.io import read_json, write_json
-    from gpr.threads import set_threads
+    from gpr.core.io import read_json, write_json
+    from gpr.core.runtime import set_threads
 
     set_threads(threads or None)
 
@@ -300,11 +301,11 @@ def eval_cmd(
 
         res = value_eval(run, split, k, limit if limit is not None else 2000)
     elif info.get("model") == "cascade":
-        from gpr.train.cascade.train import evaluate_ranking
+        from gpr.cascade.train import evaluate_ranking
 
         res = evaluate_ranking(run, data or Path(info["data"]), split)
     else:
-        from gpr.train.mtp import evaluate_run
+        from gpr.eval.retrieval import evaluate_run
 
         res = evaluate_run(run, split, beam=beam, limit=limit)
     if out is not None:
@@ -330,8 +331,8 @@ def simulate_cmd(
     threads: ThreadsOpt = 1,
 ) -> None:
     """Replay a split's requests: the policy chooses, the hidden truth scores (RPM, CTCVR...)."""
+    from gpr.core.runtime import set_threads
     from gpr.eval.simulate import simulate_spec
-    from gpr.threads import set_threads
 
     set_threads(threads or None)
     res = simulate_spec(policy, data, split, out, batch_size, max_requests, seed, sets)

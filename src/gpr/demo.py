@@ -13,11 +13,12 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gpr.config import GprConfig
+from gpr.core.config import GprConfig
 from gpr.data.amazon import import_amazon
 from gpr.data.summary import summarize
+from gpr.eval.retrieval import evaluate_run
 from gpr.tokenizer.pipeline import run_tokenize
-from gpr.train.mtp import evaluate_run, train
+from gpr.train.mtp import train
 from gpr.world import generate_world
 from gpr.world.calibrate import calibrate
 

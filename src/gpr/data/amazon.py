@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from gpr.core.errors import GprInputError
 from gpr.data.sequences import group_starts, items_table, users_table, write_sequence_dataset
-from gpr.errors import GprInputError
 
 
 def read_sequences(path: str | Path) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from gpr.core.errors import GprInputError
 from gpr.data.sequences import items_table, users_table, write_sequence_dataset
-from gpr.errors import GprInputError
 
 GENRES = (
     "unknown Action Adventure Animation Children's Comedy Crime Documentary Drama Fantasy "

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpr.errors import GprInputError
-from gpr.io import read_json
+from gpr.core.errors import GprInputError
+from gpr.core.io import read_json
 
 TOKEN_TYPES = ("U", "O", "E", "I")
 ITEM_KINDS = ("organic", "ad")

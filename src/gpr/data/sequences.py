@@ -12,8 +12,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from gpr.core.io import atomic_dir, content_hash, write_json, write_parquet
 from gpr.data.schema import EVENTS, ITEMS, USERS
-from gpr.io import atomic_dir, content_hash, write_json, write_parquet
 
 FORMAT = "gpr-data/1"
 HISTORY_MAX = 20

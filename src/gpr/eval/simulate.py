@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from gpr.errors import GprInputError
-from gpr.eval.eligibility import Ads, Users, eligible_mask
-from gpr.eval.history import Journeys, LogData
-from gpr.eval.policy import DEFAULT_M, Policy, RequestBatch
-from gpr.io import write_json
+from gpr.core.errors import GprInputError
+from gpr.core.io import write_json
+from gpr.market.ads import NEW_AD_DAYS, Ads, Users, eligible_mask
+from gpr.market.journeys import Journeys, LogData
+from gpr.market.policy import DEFAULT_M, Policy, RequestBatch
 from gpr.world.truth import Truth
 
-NEW_AD_DAYS = 3  # an ad is "new" while day - created_day <= 3
 TIERS = ("low", "mid", "high")
 
 
@@ -279,7 +278,7 @@ def simulate_spec(
     overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """`gpr simulate --policy SPEC --data DIR --split S --out sim.json`: load, replay, write."""
-    from gpr.eval.policy import load_policy
+    from gpr.policy.builtins import load_policy
 
     data = SimData.load(data_dir)
     policy = load_policy(spec, data_dir, seed=seed, overrides=overrides)

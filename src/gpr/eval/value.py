@@ -18,15 +18,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpr.config import GprConfig
-from gpr.errors import GprInputError
-from gpr.eval.history import LogData
-from gpr.eval.policy import Oracle, RequestBatch
+from gpr.core.config import GprConfig
+from gpr.core.errors import GprInputError
 from gpr.eval.simulate import SimData
+from gpr.market.journeys import LogData
+from gpr.market.policy import RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import SPLIT_CODE, positions_for_split
-from gpr.train.mtp import load_run
-from gpr.train.rollout import RequestContext, RequestSet, level_dists, sample, taken
+from gpr.model.registry import load_run
+from gpr.policy.builtins import Oracle
+from gpr.policy.rollout import RequestContext, RequestSet, level_dists, sample, taken
 
 
 def ndcg_value(scores: np.ndarray, gains: np.ndarray, valid: np.ndarray) -> np.ndarray:

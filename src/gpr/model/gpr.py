@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpr.config import ModelConfig
+from gpr.core.config import ModelConfig
 from gpr.model.embed import TokenEmbedding
 from gpr.model.hsd import HSD
 from gpr.model.hte import HTE, side_width

@@ -16,7 +16,7 @@ from torch import nn
 
 # the candidate's side features, in order (computed by serve.policy.hte_side_features)
 SIDE_FEATURES = (
-    "log_price",  # log product price - LOG_PRICE_CENTRE (eval.eligibility)
+    "log_price",  # log product price - LOG_PRICE_CENTRE (market.ads)
     "log_bid",  # log bid - LOG_BID_CENTRE
     "new_ad",  # 1 while the ad is at most NEW_AD_DAYS old
     "log_age",  # log(1 + days since creation)

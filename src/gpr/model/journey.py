@@ -21,14 +21,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gpr.core.errors import GprInputError
 from gpr.data.schema import Dataset
-from gpr.errors import GprInputError
+from gpr.market.journeys import SPLIT_CODE, TYPE_CODE
 from gpr.tokenizer.pipeline import read_sids
 
-U, O, E, I = 0, 1, 2, 3
+U, O, E, I = (TYPE_CODE[t] for t in "UOEI")
 PAD = -1
-TYPE_CODE = {"U": U, "O": O, "E": E, "I": I}
-SPLIT_CODE = {"train": 0, "valid": 1, "test": 2}
 USER_FIELDS = ("age_band", "gender", "region", "activity_tier")
 USER_FIELD_SIZES = (5, 2, 6, 3)
 ENV_SIZES = (3, 6, 3, 24)  # scene, slot (1..5), device, hour

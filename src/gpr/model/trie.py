@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from gpr.errors import GprInputError
+from gpr.core.errors import GprInputError
 
 
 class Trie:

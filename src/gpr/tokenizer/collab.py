@@ -19,8 +19,8 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 from sklearn.utils.extmath import randomized_svd
 
+from gpr.core.errors import GprInputError
 from gpr.data.schema import EVENTS, read_table
-from gpr.errors import GprInputError
 
 
 def item_sequences(data_dir: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gpr.errors import GprInputError
+from gpr.core.errors import GprInputError
 
 
 def path_ids(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

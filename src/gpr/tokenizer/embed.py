@@ -22,9 +22,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from gpr.core.errors import GprInputError
+from gpr.core.io import atomic_dir, file_sha256, read_json, write_json
 from gpr.data.schema import ITEM_KINDS, ITEM_OPTIONAL, ITEMS, check_unique, check_values, read_table
-from gpr.errors import GprInputError
-from gpr.io import atomic_dir, file_sha256, read_json, write_json
 from gpr.tokenizer.dedup import validate_embeddings
 
 FORMAT = "gpr-embeddings/1"

@@ -20,9 +20,9 @@ import torch
 from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 
-from gpr.config import TokenizerConfig
-from gpr.errors import GprInputError
-from gpr.io import read_json, write_json
+from gpr.core.config import TokenizerConfig
+from gpr.core.errors import GprInputError
+from gpr.core.io import read_json, write_json
 from gpr.tokenizer.dedup import validate_embeddings
 from gpr.tokenizer.kmeans import residual_kmeans
 from gpr.tokenizer.rq import (

@@ -25,10 +25,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from gpr.config import GprConfig, TokenizerConfig
+from gpr.core.config import GprConfig, TokenizerConfig
+from gpr.core.errors import GprInputError
+from gpr.core.io import atomic_dir, atomic_write_text, read_json, write_json, write_parquet
 from gpr.data.schema import read_table
-from gpr.errors import GprInputError
-from gpr.io import atomic_dir, atomic_write_text, read_json, write_json, write_parquet
 from gpr.tokenizer.collab import with_collab
 from gpr.tokenizer.dedup import dedup_index, extend_dedup, validate_embeddings
 from gpr.tokenizer.embed import EmbeddingResult, embed_items, read_items

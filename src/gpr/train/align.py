@@ -28,13 +28,25 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from gpr.config import AlignConfig, GprConfig, ModelConfig
-from gpr.errors import GprInputError
-from gpr.io import atomic_dir, read_json, write_json
+from gpr.cascade.simulator import Simulator
+from gpr.core.config import AlignConfig, GprConfig, ModelConfig
+from gpr.core.errors import GprInputError
+from gpr.core.io import atomic_dir, read_json, write_json
+from gpr.core.runtime import set_threads
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch, positions_for_split
+from gpr.model.prepare import Prepared
+from gpr.model.registry import build_model, load_run, load_weights
 from gpr.model.trie import Trie
-from gpr.threads import set_threads
+from gpr.policy.rollout import (
+    RequestContext,
+    RequestSet,
+    Rollout,
+    level_dists,
+    level_kl,
+    sample,
+    taken,
+)
 from gpr.train.arr import synthetic_requests
 from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
 from gpr.train.hepo import (
@@ -46,17 +58,6 @@ from gpr.train.hepo import (
     process_rewards,
     value_loss,
 )
-from gpr.train.mtp import Prepared, build_model, load_run, load_weights
-from gpr.train.rollout import (
-    RequestContext,
-    RequestSet,
-    Rollout,
-    level_dists,
-    level_kl,
-    sample,
-    taken,
-)
-from gpr.train.simulator import Simulator
 
 STAGES = ("dpo", "hepo")
 

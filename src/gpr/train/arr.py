@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpr.eval.eligibility import Users
+from gpr.market.ads import Users
 from gpr.model.journey import Journeys
-from gpr.train.rollout import RequestSet
+from gpr.policy.rollout import RequestSet
 
 
 def synthetic_requests(

@@ -30,17 +30,17 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from gpr.config import GprConfig
-from gpr.errors import GprInputError
-from gpr.io import atomic_dir, write_json
+from gpr.cascade.simulator import Simulator
+from gpr.core.config import GprConfig
+from gpr.core.errors import GprInputError
+from gpr.core.io import atomic_dir, write_json
+from gpr.core.runtime import set_threads
 from gpr.model.gpr import GPRModel
 from gpr.model.hte import side_width
 from gpr.model.journey import positions_for_split
-from gpr.serve.policy import ItemTopics, ad_bids, hte_side_features
-from gpr.threads import set_threads
-from gpr.train.mtp import load_run
-from gpr.train.rollout import RequestContext, RequestSet
-from gpr.train.simulator import Simulator
+from gpr.model.registry import load_run
+from gpr.policy.hte_features import ItemTopics, ad_bids, hte_side_features
+from gpr.policy.rollout import RequestContext, RequestSet
 
 CHUNK = 256  # requests per generation batch
 

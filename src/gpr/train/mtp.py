@@ -1,8 +1,6 @@
 """MTP pre-training (spec §4.1) of GPR and its baselines (HSTU, TIGER, SASRec), with validation.
 
-gpr train --model gpr --data DIR --sids TOK --preset small --out RUN
-gpr eval --run RUN --split test --out eval.json
-"""
+gpr train --model gpr --data DIR --sids TOK --preset small --out RUN"""
 
 from __future__ import annotations
 
@@ -11,249 +9,26 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
-from gpr.config import GprConfig, ModelConfig
-from gpr.data.schema import load_dataset
-from gpr.errors import GprInputError
-from gpr.eval.retrieval import retrieval_metrics
-from gpr.io import atomic_dir, read_json, write_json
-from gpr.model.baselines import TIGER, SASRec
-from gpr.model.gpr import GPRModel
+from gpr.core.config import GprConfig, ModelConfig
+from gpr.core.io import atomic_dir, read_json, write_json
+from gpr.core.runtime import set_threads, torch_device
 from gpr.model.journey import (
     SPLIT_CODE,
-    Batch,
-    I,
-    Journeys,
-    SidTable,
-    Window,
-    build_journeys,
-    collate,
     make_windows,
-    next_targets,
     positions_for_split,
-    prediction_mask,
-    tail_windows,
     target_rows,
 )
-from gpr.model.thoughts import cached_topic_table, item_topics, topic_table, window_thoughts
-from gpr.model.trie import Trie
-from gpr.threads import set_threads
-from gpr.tokenizer.embed import CACHE_DIR, MINILM_MODEL, embed_items, minilm_encoder
-from gpr.tokenizer.pipeline import saved_tokenizer_input
-
-MODELS = ("gpr", "hstu", "tiger", "sasrec")
-Recommender = GPRModel | TIGER | SASRec
-
-
-def model_config_for(name: str, cfg: ModelConfig) -> ModelConfig:
-    """`hstu`: the paper's baseline, every HHD component off and a single next-token head.
-
-    `tiger` / `sasrec` get the same settings (they read only d_model, layers, heads, dropout and
-    max_len; one head, so one next-item target per position).
-    """
-    if name not in MODELS:
-        raise GprInputError(
-            f"unknown model '{name}' (choose from {', '.join(MODELS)})", field="model"
-        )
-    if name == "gpr":
-        return cfg
-    return cfg.model_copy(
-        update=dict(
-            hybrid_attention=False,
-            token_aware_ln=False,
-            token_aware_ffn=False,
-            mor_extra=0,
-            thought_tokens=0,
-            thinking_tokens=0,
-            refining=False,
-            hte=False,
-            mtp_heads=1,
-            mtp_weights=None,
-        )
-    )
-
-
-@dataclass
-class Prepared:
-    journeys: Journeys
-    sids: SidTable
-    trie: Trie
-    targets: np.ndarray
-    pred_mask: np.ndarray
-    engaged_only: bool  # ad world: evaluate on requests whose shown ad was clicked
-    item_topic: np.ndarray | None = None  # thought tokens: topic of every item
-    thought_table: torch.Tensor | None = None  # (n_topics, dim) embedded thought texts
-    content_table: torch.Tensor | None = None  # (n_items, dim) item content, by item id
-
-    def batch(
-        self,
-        windows: list[Window],
-        splits: tuple[int, ...],
-        max_len: int,
-        thoughts: int,
-        pred_mask: np.ndarray | None = None,
-    ) -> Batch:
-        """Collate windows (labels only from `splits`) and attach their thought tokens.
-
-        `pred_mask` overrides where predictions are made (serving: exactly at given requests).
-        """
-        j, pm = self.journeys, self.pred_mask if pred_mask is None else pred_mask
-        b = collate(j, windows, self.sids, self.targets, pm, splits, max_len)
-        if thoughts > 0 and self.item_topic is not None:
-            t = window_thoughts(j, windows, self.item_topic, thoughts, self.engaged_only)
-            b.thought = torch.from_numpy(t)
-        return b
-
-    def at_requests(self, pos: np.ndarray, max_len: int, thoughts: int) -> Batch:
-        """One prediction exactly at each position (a request's E token), the past before it as
-        context; no labels attached (serving, rollouts)."""
-        only = np.zeros(len(self.journeys.ttype), dtype=bool)
-        only[pos] = True
-        return self.batch(tail_windows(self.journeys, pos, max_len), (), max_len, thoughts, only)
-
-    @property
-    def level_sizes(self) -> list[int]:
-        return list(self.trie.sizes)
-
-
-def prepare(
-    data_dir: str | Path,
-    sids_dir: str | Path,
-    mcfg: ModelConfig,
-    codebook_size: int,
-    thought_encoder: Callable[[list[str]], np.ndarray] | None = None,
-) -> Prepared:
-    """Dataset + SIDs -> journeys, targets, trie (and the thought-token table when enabled)."""
-    ds = load_dataset(data_dir)
-    j = build_journeys(ds)
-    sids = SidTable.load(sids_dir, codebook_size)
-    ids = ds.col("items", "item_id")
-    if len(sids.codes) <= ids.max() or (sids.codes[ids] < 0).any():
-        raise GprInputError(
-            "the semantic IDs do not cover every item of the dataset",
-            file=sids_dir,
-            field="item_id",
-        )
-    targets = next_targets(j, mcfg.mtp_heads)
-    pm = prediction_mask(j, targets)
-    ads = np.nonzero(sids.is_target)[0]
-    sizes = [sids.codebook_size] * sids.levels + [int(sids.dedup[ads].max()) + 1]
-    trie = Trie(np.c_[sids.codes[ads], sids.dedup[ads]], sizes, ads)
-    prep = Prepared(j, sids, trie, targets, pm, engaged_only=bool((j.ttype == 2).any()))
-    if mcfg.thought_tokens > 0:
-        prep.item_topic, phrases = item_topics(ds)
-        if thought_encoder is not None:
-            table = topic_table(phrases, thought_encoder)
-        else:
-            table = cached_topic_table(
-                Path(data_dir) / CACHE_DIR, phrases, minilm_encoder, MINILM_MODEL
-            )
-        prep.thought_table = torch.from_numpy(table)
-    if mcfg.content_input or mcfg.item_head:
-        emb = embed_items(data_dir)
-        x = emb.matrix
-        if mcfg.content_source == "tokenizer":
-            x = saved_tokenizer_input(data_dir, sids_dir, emb)
-        table = np.zeros((len(sids.codes), x.shape[1]), dtype=np.float32)
-        table[np.asarray(emb.item_ids)] = x
-        prep.content_table = torch.from_numpy(table)
-    return prep
-
-
-def eval_positions(prep: Prepared, split: str, limit: int | None, seed: int) -> np.ndarray:
-    pos = positions_for_split(prep.journeys, prep.pred_mask, split)
-    if prep.engaged_only:  # the label is the ad the user engaged with (clicked)
-        nxt = prep.journeys.action[np.minimum(pos + 1, len(prep.journeys.ttype) - 1)]
-        pos = pos[
-            (prep.journeys.ttype[np.minimum(pos + 1, len(prep.journeys.ttype) - 1)] == I)
-            & (nxt >= 1)
-        ]
-    if limit is not None and len(pos) > limit:
-        pos = np.sort(np.random.default_rng(seed).choice(pos, size=limit, replace=False))
-    return pos
-
-
-@torch.no_grad()
-def generate_ranked(
-    model: Recommender,
-    prep: Prepared,
-    positions: np.ndarray,
-    beam: int,
-    batch_size: int,
-    device: torch.device,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Beam search at each position: (N, beam) items, (N, beam) scores, (N,) labels, (N,) users."""
-    model.eval()
-    trie = prep.trie.to(device)
-    max_len = model.cfg.max_len
-    ranked, scores, target, users = [], [], [], []
-    for lo in range(0, len(positions), batch_size):
-        wins = tail_windows(prep.journeys, positions[lo : lo + batch_size], max_len)
-        b = prep.batch(wins, (0, 1, 2), max_len, model.cfg.thought_tokens).to(device)
-        items, sc = model.generate(b, trie, beam)
-        ranked.append(items.cpu().numpy())
-        scores.append(sc.float().cpu().numpy())
-        target.append(b.targets[:, 0].cpu().numpy())
-        users.append(np.array([w.user for w in wins], dtype=np.int64))
-    if not ranked:
-        return (
-            np.zeros((0, beam), np.int64),
-            np.zeros((0, beam)),
-            np.zeros(0, np.int64),
-            np.zeros(0, np.int64),
-        )
-    return (
-        np.concatenate(ranked),
-        np.concatenate(scores),
-        np.concatenate(target),
-        np.concatenate(users),
-    )
-
-
-def evaluate(
-    model: Recommender,
-    prep: Prepared,
-    positions: np.ndarray,
-    beam: int,
-    batch_size: int,
-    device: torch.device,
-) -> dict[str, Any]:
-    r, _, t, users = generate_ranked(model, prep, positions, beam, batch_size, device)
-    out: dict[str, Any] = retrieval_metrics(r, t, prep.trie.items.cpu().numpy())
-    out["n_users"] = len(set(users.tolist()))
-    return out
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def build_model(prep: Prepared, mcfg: ModelConfig, name: str = "gpr") -> Recommender:
-    """GPRModel for gpr/hstu, else the named baseline."""
-    if name == "tiger":
-        return TIGER(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1])
-    if name == "sasrec":
-        return SASRec(mcfg, len(prep.sids.codes))
-    table = prep.thought_table if mcfg.thought_tokens > 0 else None
-    return GPRModel(
-        mcfg,
-        prep.sids.levels,
-        prep.sids.codebook_size,
-        prep.level_sizes[-1],
-        table,
-        n_items=len(prep.sids.codes),
-        content=prep.content_table,
-    )
+from gpr.model.prepare import Prepared, eval_positions, prepare
+from gpr.model.registry import build_model, load_weights, model_config_for
+from gpr.model.retrieve import evaluate
 
 
 def train(
@@ -285,7 +60,7 @@ def train(
         mcfg = model_config_for(model_name, cfg.model)
     prep = prepare(data_dir, sids_dir, mcfg, cfg.tokenizer.codebook_size)
     tok_w = token_weight(prep) if token_weight is not None else None
-    dev = _device(tc.device)
+    dev = torch_device(tc.device)
     j = prep.journeys
     train_pos = positions_for_split(j, prep.pred_mask, "train")
     windows = make_windows(j, mcfg.max_len, train_pos)
@@ -409,55 +184,3 @@ def plot_losses(log: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-def load_run(
-    run_dir: str | Path, device: str = "cpu"
-) -> tuple[Recommender, Prepared, dict[str, Any]]:
-    run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json")
-    mcfg = ModelConfig.model_validate(info["model_config"])
-    codebook = GprConfig.model_validate(info["config"]).tokenizer.codebook_size
-    prep = prepare(info["data"], info["sids"], mcfg, codebook)
-    model = build_model(prep, mcfg, info.get("model", "gpr"))
-    load_weights(model, run_dir)
-    return model.to(_device(device)), prep, info
-
-
-OPTIONAL_KEYS = ("hte.critic",)  # added after MTP runs were first saved; HEPO trains them
-
-
-def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
-    """Load RUN/model.safetensors; only keys in OPTIONAL_KEYS may be missing from older runs."""
-    path = run_dir / "model.safetensors"
-    if not path.exists():
-        raise GprInputError("file not found (training stored no checkpoint)", file=path)
-    res = model.load_state_dict(load_file(str(path)), strict=False)
-    missing = [k for k in res.missing_keys if not k.startswith(OPTIONAL_KEYS)]
-    if missing or res.unexpected_keys:
-        bad = (missing or res.unexpected_keys)[0]
-        raise GprInputError(
-            f"checkpoint does not fit the model ({len(missing)} missing, "
-            f"{len(res.unexpected_keys)} unexpected tensors)",
-            file=path,
-            field=bad,
-        )
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    split: str,
-    beam: int | None = None,
-    limit: int | None = None,
-    device: str = "auto",
-) -> dict[str, Any]:
-    if split not in SPLIT_CODE:
-        raise GprInputError(f"unknown split '{split}'", field="split")
-    model, prep, info = load_run(run_dir, "cpu")
-    dev = _device(device)
-    model = model.to(dev)
-    cfg = GprConfig.model_validate(info["config"])
-    pos = eval_positions(prep, split, limit, cfg.seed)
-    out = evaluate(model, prep, pos, beam or cfg.train.beam, cfg.train.batch_size, dev)
-    out.update(split=split, run=str(run_dir), model=info["model"])
-    return out

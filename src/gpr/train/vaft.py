@@ -17,12 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from gpr.config import GprConfig
-from gpr.errors import GprInputError
-from gpr.io import read_json
+from gpr.cascade.simulator import Simulator
+from gpr.core.config import GprConfig
+from gpr.core.errors import GprInputError
+from gpr.core.io import read_json
 from gpr.model.journey import SPLIT_CODE, I, Journeys
-from gpr.train.mtp import Prepared, train
-from gpr.train.simulator import Simulator
+from gpr.model.prepare import Prepared
+from gpr.train.mtp import train
 
 ACTION_FACTOR = np.array([1.0, 2.0, 4.0])  # the simple variant: impression, click, conversion
 

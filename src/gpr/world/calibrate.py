@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from gpr.eval.eligibility import Ads, Users, eligible_mask
+from gpr.market.ads import Ads, Users, eligible_mask
 from gpr.world.truth import Truth
 
 

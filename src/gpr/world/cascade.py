@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpr.config import WorldConfig
-from gpr.eval.eligibility import Ads, Users, eligible_mask
+from gpr.core.config import WorldConfig
+from gpr.market.ads import Ads, Users, eligible_mask
 from gpr.world.entities import Catalog, Population
 from gpr.world.journeys import DayJourneys
 from gpr.world.response import ctr_logit, ctr_logit_static, cvr_logit, normalize, sigmoid

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpr.config import WorldConfig
+from gpr.core.config import WorldConfig
 from gpr.world.names import ADJECTIVES, CATEGORY_NAMES, brand_name, subtopic_name
 from gpr.world.response import long_term_vectors, normalize
 

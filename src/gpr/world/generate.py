@@ -11,10 +11,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpr.config import WorldConfig
+from gpr.core.config import WorldConfig
+from gpr.core.io import atomic_dir, content_hash, write_json, write_parquet
 from gpr.data.schema import EVENTS, ITEMS, USERS, schema_of
-from gpr.eval.eligibility import Ads, Users
-from gpr.io import atomic_dir, content_hash, write_json, write_parquet
+from gpr.market.ads import Ads, Users
 from gpr.world.cascade import NO_AD, Served, run_logging_policy
 from gpr.world.entities import Catalog, Population, make_catalog, make_population, make_taxonomy
 from gpr.world.journeys import DayJourneys, simulate_day

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpr.config import WorldConfig
+from gpr.core.config import WorldConfig
 from gpr.world.entities import N_DEVICES, Catalog, Population
 from gpr.world.response import session_latent, view_subtopic_logits
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpr.config import WorldConfig
+from gpr.core.config import WorldConfig
 
 PRICE_LOG_MEAN = 3.5
 

@@ -18,10 +18,10 @@ import numpy as np
 import pyarrow as pa
 from safetensors.numpy import load_file, save_file
 
-from gpr.config import WorldConfig
+from gpr.core.config import WorldConfig
+from gpr.core.errors import GprInputError
+from gpr.core.io import read_json, write_json
 from gpr.data.schema import read_table
-from gpr.errors import GprInputError
-from gpr.io import read_json, write_json
 from gpr.world.entities import Catalog, Population
 from gpr.world.response import (
     ctr_logit,

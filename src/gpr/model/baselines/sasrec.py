@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpr.config import ModelConfig
+from gpr.core.config import ModelConfig
 from gpr.model.embed import TokenEmbedding
 from gpr.model.journey import Batch
 from gpr.model.masks import causal_mask

@@ -24,7 +24,7 @@ from dataclasses import replace
 import torch
 from torch import nn
 
-from gpr.config import ModelConfig
+from gpr.core.config import ModelConfig
 from gpr.model.baselines.sasrec import MLP, Attention, Block, zero_pad_codes
 from gpr.model.embed import TokenEmbedding
 from gpr.model.gpr import merge_ranked

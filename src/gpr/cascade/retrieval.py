@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpr.train.cascade.config import CascadeConfig
-from gpr.train.cascade.features import Catalog, FeatureEmbedder
-from gpr.train.cascade.ranking import TargetAttention, mlp
+from gpr.cascade.config import CascadeConfig
+from gpr.cascade.features import Catalog, FeatureEmbedder
+from gpr.cascade.ranking import TargetAttention, mlp
 
 
 class RetrievalModel(nn.Module):

@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpr.eval.history import SPLIT_CODE, TYPE_CODE, Journeys
+from gpr.market.journeys import SPLIT_CODE, TYPE_CODE, Journeys
 
 # the one definition of a session for the cascade's features (features.session_views uses it)
 SESSION_SECONDS = 1800  # a gap longer than this between organic views starts a new session

@@ -2,65 +2,18 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file
 
-from gpr.errors import GprInputError
-from gpr.eval.history import LogData
-from gpr.eval.policy import Ranked, RequestBatch
-from gpr.io import file_sha256, read_json
-from gpr.threads import limit_threads
-from gpr.train.cascade.auction import run_auction
-from gpr.train.cascade.config import CascadeConfig
-from gpr.train.cascade.features import Catalog, request_features
-from gpr.train.cascade.ranking import RankingModel
-from gpr.train.cascade.retrieval import RetrievalModel
-
-
-@dataclass
-class Cascade:
-    cfg: CascadeConfig
-    cat: Catalog
-    ranking: RankingModel
-    retrieval: RetrievalModel
-    meta: dict[str, object]
-
-
-def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
-    meta = read_json(run_dir / "run.json")
-    if meta.get("model") != "cascade":
-        raise GprInputError("not a cascade run", file=run_dir / "run.json", field="model")
-    sha = file_sha256(logs.root / "items.parquet")
-    if meta.get("items_sha256") != sha:
-        raise GprInputError(
-            f"run was trained on another catalog than {logs.root}",
-            file=run_dir / "run.json",
-            field="items_sha256",
-        )
-    # runs saved before an option existed load with the behaviour they were trained with
-    legacy = {
-        "session_topics": False,
-        "topic_prior_strength": 1.0,
-        "topic_half_life_days": 0.0,
-        "session_gap_seconds": 0,
-    }
-    cfg = CascadeConfig.model_validate({**legacy, **meta["config"]})
-    cat = Catalog.from_logs(logs, cfg)
-    n_users = int(meta["n_users"])
-    ranking = RankingModel(cat, n_users, cfg)
-    retrieval = RetrievalModel(cat, n_users, cfg)
-    for model, name in ((ranking, "ranking"), (retrieval, "retrieval")):
-        path = run_dir / f"{name}.safetensors"
-        if not path.exists():
-            raise GprInputError("file not found", file=path)
-        model.load_state_dict(load_file(str(path)))
-        model.eval()
-    ranking.deep = bool(meta.get("ranking_deep", cfg.deep))
-    return Cascade(cfg, cat, ranking, retrieval, meta)
+from gpr.cascade.auction import run_auction
+from gpr.cascade.features import request_features
+from gpr.cascade.load import load_cascade
+from gpr.core.errors import GprInputError
+from gpr.core.runtime import limit_threads
+from gpr.market.journeys import LogData
+from gpr.market.policy import Ranked, RequestBatch
 
 
 class CascadePolicy:

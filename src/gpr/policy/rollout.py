@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpr.eval.eligibility import Ads, Users, eligible_mask
+from gpr.market.ads import Ads, Users, eligible_mask
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch
+from gpr.model.prepare import Prepared
 from gpr.model.ptd import masked_log_softmax
 from gpr.model.trie import Trie
-from gpr.train.mtp import Prepared
 
 
 @dataclass

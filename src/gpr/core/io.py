@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gpr.errors import GprInputError
+from gpr.core.errors import GprInputError
 
 
 @contextlib.contextmanager

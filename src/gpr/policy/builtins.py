@@ -1,122 +1,26 @@
-"""The policy interface every recommender implements, and the built-in policies.
-
-A policy sees a batch of requests (the user's journey up to each request through `journeys`, the
-environment, and the (B, A) mask of eligible ads) and returns, per request, up to M ad item ids in
-its preferred order with its own estimated values (-1 / NaN padded). The replay (`simulate.py`)
-shows the first ranked ad whose budget is not exhausted and scores it with the hidden truth.
+"""The built-in policies, and `load_policy`, which builds any policy from its spec.
 
 Built-ins: `RandomEligible` (a uniformly random order of the eligible ads), `Logging` (what the logs
 showed for that request, if still eligible), `Oracle` (ranks by true revenue: it knows the truth and
-bounds every policy) and the cascade baseline (`gpr.train.cascade.serve.CascadePolicy`). A trained
-model's run directory holds `run.json` whose `model` field names the policy class to build;
-`register_policy` adds new ones (GPR runs) without touching this file.
-"""
+bounds every policy). The cascade (`gpr.policy.cascade`) and generative runs
+(`gpr.policy.generative`) load from their run directories: run.json's `model` field names the
+factory; `register_policy` adds new ones without touching this file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gpr.errors import GprInputError
-from gpr.eval.eligibility import Ads, Users
-from gpr.eval.history import Journeys
-from gpr.io import read_json
+from gpr.core.errors import GprInputError
+from gpr.core.io import read_json
+from gpr.market.policy import Policy, Ranked, RequestBatch, top_m
 
 if TYPE_CHECKING:
     from gpr.world.truth import Truth
-
-DEFAULT_M = 16
 BUILTINS = ("random-eligible", "logging", "oracle")
-
-
-@dataclass
-class RequestBatch:
-    """B requests of one day, in time order."""
-
-    request_ids: np.ndarray  # (B,) int64
-    user_ids: np.ndarray
-    days: np.ndarray
-    timestamps: np.ndarray
-    scene: np.ndarray
-    slot: np.ndarray
-    device: np.ndarray
-    hour: np.ndarray
-    eligible: np.ndarray  # (B, A) bool over ad indices (targeting, active, budget left)
-    pos: np.ndarray  # (B,) E-row positions in `journeys`: history = rows strictly before
-    journeys: Journeys
-    ads: Ads
-    users: Users
-    m: int = DEFAULT_M  # how many ranked ads the replay wants per request
-
-    def __len__(self) -> int:
-        return len(self.request_ids)
-
-    @classmethod
-    def at(
-        cls,
-        pos: np.ndarray,
-        journeys: Journeys,
-        ads: Ads,
-        users: Users,
-        eligible: np.ndarray,
-        m: int = DEFAULT_M,
-    ) -> RequestBatch:
-        """The requests whose E rows sit at `pos` in `journeys`."""
-        j = journeys
-        return cls(
-            request_ids=j.request[pos],
-            user_ids=j.user[pos],
-            days=j.day[pos],
-            timestamps=j.ts[pos],
-            scene=j.scene[pos],
-            slot=j.slot[pos],
-            device=j.device[pos],
-            hour=j.hour[pos],
-            eligible=eligible,
-            pos=pos,
-            journeys=j,
-            ads=ads,
-            users=users,
-            m=m,
-        )
-
-
-@dataclass
-class Ranked:
-    ads: np.ndarray  # (B, M) int64 ad item ids, best first, -1 padded
-    values: np.ndarray  # (B, M) float: the policy's estimated value of each, NaN padded
-
-
-class Policy(Protocol):
-    name: str
-
-    def rank(self, batch: RequestBatch) -> Ranked: ...
-
-
-def top_m(scores: np.ndarray, eligible: np.ndarray, ads: Ads, m: int) -> Ranked:
-    """Rank the eligible ads of each row by `scores` (B, A), best first, keeping m."""
-    b, a = scores.shape
-    s = np.where(eligible, scores, -np.inf)
-    m_eff = min(m, a)
-    part = (
-        np.argpartition(-s, m_eff - 1, axis=1)[:, :m_eff]
-        if m_eff < a
-        else np.tile(np.arange(a), (b, 1))
-    )
-    ps = np.take_along_axis(s, part, axis=1)
-    order = np.argsort(-ps, axis=1, kind="stable")
-    idx = np.take_along_axis(part, order, axis=1)
-    val = np.take_along_axis(ps, order, axis=1)
-    ok = np.isfinite(val)
-    out_ads = np.full((b, m), -1, dtype=np.int64)
-    out_val = np.full((b, m), np.nan)
-    out_ads[:, :m_eff] = np.where(ok, ads.item_id[idx], -1)
-    out_val[:, :m_eff] = np.where(ok, val, np.nan)
-    return Ranked(out_ads, out_val)
 
 
 class RandomEligible:
@@ -205,7 +109,7 @@ def register_policy(model: str, factory: PolicyFactory) -> None:
 
 
 def _cascade(run_dir: Path, data_dir: Path, overrides: list[str]) -> Policy:
-    from gpr.train.cascade.serve import CascadePolicy
+    from gpr.policy.cascade import CascadePolicy
 
     if overrides:
         raise GprInputError("serve overrides apply to generative runs only", field=overrides[0])
@@ -216,7 +120,7 @@ register_policy("cascade", _cascade)
 
 
 def _generative(run_dir: Path, data_dir: Path, overrides: list[str]) -> Policy:
-    from gpr.serve.policy import GenerativePolicy
+    from gpr.policy.generative import GenerativePolicy
 
     return GenerativePolicy(run_dir, data_dir, overrides=overrides)
 

@@ -1,4 +1,4 @@
-"""CPU thread limits for torch and for the BLAS library numpy links (OpenBLAS).
+"""Runtime: the compute device, and CPU thread limits for torch and the BLAS numpy links.
 
 numpy's OpenBLAS starts one worker thread per core, and its idle workers spin (sched_yield)
 between calls. Two processes on two cores then lose most of their time to each other's spinning
@@ -35,3 +35,10 @@ def limit_threads(n: int | None) -> Iterator[None]:
             yield
     finally:
         torch.set_num_threads(old)
+
+
+def torch_device(name: str) -> torch.device:
+    """`auto`: CUDA when available, else CPU; otherwise the named torch device."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)

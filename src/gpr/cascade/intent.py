@@ -26,15 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpr.eval.history import SPLIT_CODE, TYPE_CODE, LogData
-from gpr.train.cascade.config import CascadeConfig
-from gpr.train.cascade.features import (
-    Catalog,
-    Requests,
-    request_features,
-    session_mean,
-    session_views,
-)
+from gpr.cascade.config import CascadeConfig
+from gpr.cascade.features import Catalog, Requests, request_features, session_mean, session_views
+from gpr.market.journeys import SPLIT_CODE, TYPE_CODE, LogData
 
 
 class SessionIntent(nn.Module):

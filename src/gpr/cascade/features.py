@@ -32,10 +32,11 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from gpr.config import CascadeConfig
-from gpr.eval.eligibility import LOG_BID_CENTRE, LOG_PRICE_CENTRE, Ads, Users
-from gpr.eval.history import TYPE_CODE, Journeys, LogData
-from gpr.train.cascade.topics import SESSION_BUCKET, SessionTopics, topic_features
+from gpr.cascade.topics import SESSION_BUCKET, SessionTopics, topic_features
+from gpr.core.config import CascadeConfig
+from gpr.market.ads import LOG_BID_CENTRE, LOG_PRICE_CENTRE, Ads, Users
+from gpr.market.journeys import TYPE_CODE, Journeys, LogData
+from gpr.market.sessions import in_current_session
 
 N_GAP = 24  # gap buckets 1..N_GAP: 1 + floor(log2(1 + seconds)); 0 = padding
 DEMO_SIZES = (8, 4, 8, 5)  # age band, gender, region, tier (+1, 0 unknown; larger values clip)
@@ -195,17 +196,14 @@ def _gap_bucket(seconds: np.ndarray) -> np.ndarray:
 
 
 def current_session(row_ts: np.ndarray, idx: np.ndarray, now: np.ndarray, gap: int) -> np.ndarray:
-    """(B, L) mask of the history rows `idx` (B, L; oldest first, -1 padding) that belong to the
-    current session at times `now` (B,): with gap > 0, the views after the last pause longer
-    than `gap` seconds (a chain of views, each within `gap` of the next event); with gap = 0, the
-    legacy rule, views younger than the WINDOW of topics.py (a pause inside it did not split)."""
+    """(B, L) mask of the history rows `idx` in the current session at times `now`: with gap > 0,
+    market.sessions' rule; with gap = 0, the legacy rule, views younger than the WINDOW of
+    topics.py (a pause inside it did not split)."""
+    if gap > 0:
+        return in_current_session(row_ts, idx, now, gap)
     ok = idx >= 0
     t = np.where(ok, row_ts[np.maximum(idx, 0)], 0).astype(np.int64)
-    if gap <= 0:
-        return ok & (_gap_bucket(now[:, None] - t) <= SESSION_BUCKET)
-    nxt = np.concatenate([t[:, 1:], np.asarray(now, np.int64)[:, None]], 1)
-    close = ok & (nxt - t <= gap)
-    return np.cumprod(close[:, ::-1], axis=1)[:, ::-1].astype(bool)
+    return ok & (_gap_bucket(now[:, None] - t) <= SESSION_BUCKET)
 
 
 def request_features(

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from gpr.config import CascadeConfig, load_config
-from gpr.errors import GprInputError
+from gpr.core.config import CascadeConfig, load_config
+from gpr.core.errors import GprInputError
 
 __all__ = ["CascadeConfig", "cascade_config"]
 

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gpr.errors import GprInputError
+from gpr.core.errors import GprInputError
 
 PRESETS = ("tiny", "small", "base", "large")
 
@@ -209,11 +209,9 @@ class CascadeConfig(_Strict):
     # before these existed load with 1.0 and 0 (serve.load_cascade).
     topic_prior_strength: float = Field(0.1, gt=0)
     topic_half_life_days: float = Field(2.0, ge=0)
-    # a pause longer than this between organic views ends a session (the request's current session
-    # and the topic model's sessions). The world draws pauses inside a session as 5 s + Exp(25 s)
-    # (world/journeys.py), so 300 s splits sessions that 1,800 s merged; 0 = the earlier rule
-    # (sessions split at 1,800 s, the current session = the views of the last 2,047 s), which runs
-    # saved before it load with.
+    # a pause longer than this ends a session (market.sessions.SESSION_GAP_SECONDS, tested equal);
+    # 0 = the earlier rule (split at 1,800 s, the current session = the views of the last 2,047 s),
+    # which runs saved before it load with
     session_gap_seconds: int = Field(300, ge=0)
     intent_hidden: int = Field(256, ge=4)
     intent_epochs: int = Field(2, ge=1)

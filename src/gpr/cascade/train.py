@@ -24,17 +24,17 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 
-from gpr.errors import GprInputError
-from gpr.eval.eligibility import eligible_mask
-from gpr.eval.history import LogData
-from gpr.eval.metrics import auc, gauc
-from gpr.io import atomic_dir, file_sha256, write_json
-from gpr.threads import limit_threads
-from gpr.train.cascade.config import CascadeConfig
-from gpr.train.cascade.features import Catalog, Requests, request_features
-from gpr.train.cascade.intent import train_intent
-from gpr.train.cascade.ranking import RankingModel, esmm_loss
-from gpr.train.cascade.retrieval import RetrievalModel
+from gpr.cascade.config import CascadeConfig
+from gpr.cascade.features import Catalog, Requests, request_features
+from gpr.cascade.intent import train_intent
+from gpr.cascade.ranking import RankingModel, esmm_loss
+from gpr.cascade.retrieval import RetrievalModel
+from gpr.core.errors import GprInputError
+from gpr.core.io import atomic_dir, file_sha256, write_json
+from gpr.core.metrics import auc, gauc
+from gpr.core.runtime import limit_threads
+from gpr.market.ads import eligible_mask
+from gpr.market.journeys import LogData
 
 FORMAT = "gpr-cascade/1"
 
@@ -333,7 +333,7 @@ def evaluate_ranking(
 ) -> dict[str, Any]:
     """`gpr eval` for a cascade run: AUC / GAUC of pCTR, AUC of pCVR (clicked impressions) and of
     pCTR x pCVR (all impressions) on the split's logged impressions."""
-    from gpr.train.cascade.serve import load_cascade
+    from gpr.cascade.load import load_cascade
 
     logs = logs if logs is not None else LogData.load(data_dir)
     c = load_cascade(Path(run_dir), logs)

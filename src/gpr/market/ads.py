@@ -12,13 +12,14 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
-from gpr.errors import GprInputError
+from gpr.core.errors import GprInputError
 
 # centres of the ads' log price and log bid in the features that read them (the world's price
 # is LogNormal(3.5, 0.8); the mean log bid is 3.5 + E log U(0.1, 0.4) ≈ 2.05): the cascade's
 # match features and HTE's side features
 LOG_PRICE_CENTRE = 3.5
 LOG_BID_CENTRE = 2.1
+NEW_AD_DAYS = 3  # an ad is "new" while day - created_day <= NEW_AD_DAYS
 
 AD_COLUMNS = (
     "target_ages",

@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
+from gpr.core.errors import GprInputError
 from gpr.data.schema import SPLITS, TOKEN_TYPES, Dataset, load_dataset
-from gpr.errors import GprInputError
-from gpr.eval.eligibility import Ads, Users
+from gpr.market.ads import Ads, Users
 
 TYPE_CODE = {t: i for i, t in enumerate(TOKEN_TYPES)}  # U 0, O 1, E 2, I 3
 SPLIT_CODE = {s: i for i, s in enumerate(SPLITS)}  # train 0, valid 1, test 2

@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpr.errors import GprInputError
-from gpr.eval.eligibility import eligible_mask
-from gpr.eval.history import LogData
-from gpr.threads import limit_threads
-from gpr.train.cascade.features import ENV_SIZES, request_features
-from gpr.train.cascade.serve import load_cascade
+from gpr.cascade.features import ENV_SIZES, request_features
+from gpr.cascade.load import load_cascade
+from gpr.core.errors import GprInputError
+from gpr.core.runtime import limit_threads
+from gpr.market.ads import eligible_mask
+from gpr.market.journeys import LogData
 
 
 @dataclass

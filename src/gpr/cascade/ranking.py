@@ -34,16 +34,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpr.train.cascade.config import CascadeConfig
-from gpr.train.cascade.features import (
-    ENV_SIZES,
-    N_MATCH,
-    Catalog,
-    FeatureEmbedder,
-    match_features,
-)
-from gpr.train.cascade.intent import SessionIntent
-from gpr.train.cascade.topics import N_TOPIC
+from gpr.cascade.config import CascadeConfig
+from gpr.cascade.features import ENV_SIZES, N_MATCH, Catalog, FeatureEmbedder, match_features
+from gpr.cascade.intent import SessionIntent
+from gpr.cascade.topics import N_TOPIC
 
 
 class TargetAttention(nn.Module):
