@@ -14,9 +14,9 @@ import time
 
 import torch
 
-from gpr.config import load_config
+from gpr.core.config import load_config
 from gpr.model.item_head import ItemHead
-from gpr.train.mtp import prepare
+from gpr.model.prepare import prepare
 
 
 def main() -> None:

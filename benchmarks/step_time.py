@@ -20,17 +20,13 @@ import numpy as np
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from gpr.config import load_config
+from gpr.core.config import load_config
+from gpr.core.runtime import set_threads
+from gpr.market.journeys import SPLIT_CODE
 from gpr.model.journey import Batch, make_windows, positions_for_split
-from gpr.threads import set_threads
-from gpr.train.mtp import (
-    SPLIT_CODE,
-    build_model,
-    eval_positions,
-    evaluate,
-    model_config_for,
-    prepare,
-)
+from gpr.model.prepare import eval_positions, prepare
+from gpr.model.registry import build_model, model_config_for
+from gpr.model.retrieve import evaluate
 
 ROW10 = [
     "model.max_len=20",

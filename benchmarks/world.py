@@ -19,7 +19,7 @@ import time
 
 CHILD = """
 import json, sys, resource
-from gpr.config import load_config
+from gpr.core.config import load_config
 from gpr.world import generate_world
 cfg = load_config(sys.argv[1], seed=int(sys.argv[2]))
 m = generate_world(cfg.world, cfg.seed, sys.argv[3], cfg.preset)

@@ -1,7 +1,7 @@
 """The Table-2 analogue on the ad world: HitR@100 of HSTU, each HHD component alone on top of it,
 MTP, and full GPR — several seeds, mean ± sd.
 
-    python benchmarks/ablation.py --preset small --seeds 7 8 9 --work out/bench/ablation \
+    python experiments/ablation/ablation.py --preset small --seeds 7 8 9 --work out/bench/ablation \
         [--variants hstu full ...] [--set train.epochs=10] [--out docs/results/ablation_raw.json]
 
 Per seed: the world (seed s), RQ-Kmeans+ semantic IDs, then one training per variant with early
@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from gpr.config import load_config
-from gpr.io import atomic_write_text, write_json
+from gpr.core.config import load_config
+from gpr.core.io import atomic_write_text, write_json
+from gpr.eval.retrieval import evaluate_run
 from gpr.tokenizer.pipeline import run_tokenize
-from gpr.train.mtp import evaluate_run, train
+from gpr.train.mtp import train
 from gpr.world import generate_world
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "business"))  # the sibling experiment
 from business import ms  # noqa: E402  (mean ± sd, ddof 1, as in the business tables)
 
 HSTU_OFF = {
@@ -130,7 +131,7 @@ def main() -> None:
     print(table)
     if args.md:
         machine = f"{platform.machine()}, {os.cpu_count()} cores"
-        cmd = "python benchmarks/ablation.py " + " ".join(sys.argv[1:])
+        cmd = "python experiments/ablation/ablation.py " + " ".join(sys.argv[1:])
         head = (
             f"`{cmd}` — preset {args.preset}, seeds {' '.join(map(str, args.seeds))}; {machine}; "
             f"commit {commit}; {datetime.date.today().isoformat()}.\n\n"

@@ -1,7 +1,8 @@
 """Bid-aware serving of GPR runs: rank the beam union by log p(ad) + w · log(bid), w tuned on valid.
 
-    python benchmarks/bid_serving.py --seeds 7 8 9 --stages vaft mtp --grid 0 0.25 0.5 1
-    python benchmarks/bid_serving.py --seeds 7 8 --stages vaft dpo_soft --judge simulator --grid 0 4
+    python experiments/business/bid_serving.py --seeds 7 8 9 --stages vaft mtp --grid 0 0.25 0.5 1
+    python experiments/business/bid_serving.py --seeds 7 8 --stages vaft dpo_soft \
+        --judge simulator --grid 0 4
 
 `--judge simulator` tilts by log(final_value) of the seed's simulator (the cascade's frozen
 ranking model: bid × pCTR × pCVR) instead of log bid: the union ranked by p(ad) · value^w, the
@@ -12,7 +13,7 @@ value heads, e.g. after `gpr train --stage hte` distilled the simulator into the
 A stage that is not one of stages.py's (e.g. an aligned variant) must already exist in
 --work/s{seed}/{stage}.
 
-Reads the stage runs of benchmarks/stages.py (--work/s{seed}/{stage}) and the cascades
+Reads the stage runs of experiments/stages/stages.py (--work/s{seed}/{stage}) and the cascades
 (--cache/cascade_s{seed}), training the missing ones first (small preset, as stages.py does).
 The first of --stages is tuned: every w of --grid is replayed on each seed's *valid* day and
 the w with the highest mean valid RPM is kept (one w for all seeds). Then every stage is
@@ -39,16 +40,18 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))  # the sibling experiment
 from business import ms, pct, world  # noqa: E402
 from stages import STAGES, train_stages  # noqa: E402
 
-from gpr.config import load_config  # noqa: E402
-from gpr.eval.policy import Ranked, RequestBatch  # noqa: E402
+from gpr.cascade.simulator import Simulator  # noqa: E402
+from gpr.core.config import load_config  # noqa: E402
+from gpr.core.runtime import set_threads  # noqa: E402
 from gpr.eval.simulate import SimData, simulate  # noqa: E402
-from gpr.serve.policy import GenerativePolicy, bid_tilted  # noqa: E402
-from gpr.threads import set_threads  # noqa: E402
-from gpr.train.cascade.serve import CascadePolicy  # noqa: E402
-from gpr.train.simulator import Simulator  # noqa: E402
+from gpr.market.policy import Ranked, RequestBatch  # noqa: E402
+from gpr.policy.cascade import CascadePolicy  # noqa: E402
+from gpr.policy.generative import GenerativePolicy
+from gpr.policy.hte_features import bid_tilted  # noqa: E402
 
 CASCADE = "cascade"
 KEYS = ("rpm", "ctr", "ctcvr", "gmv_per_mille")
@@ -237,8 +240,9 @@ def main() -> None:
     term = {"bid": "bid", "simulator": "simulator final_value", "hte": "HTE value"}[args.judge]
     head = (
         f"# Bid-aware serving: log p(ad) + w · log({term})\n\n"
-        f"`python benchmarks/bid_serving.py --seeds {seeds} --stages {' '.join(args.stages)} "
-        f"--grid {grid} --judge {args.judge}` — small world, seeds {seeds}; "
+        f"`python experiments/business/bid_serving.py --seeds {seeds} "
+        f"--stages {' '.join(args.stages)} --grid {grid} --judge {args.judge}` — "
+        f"small world, seeds {seeds}; "
         f"{platform.machine()}, 2 cores; commit {commit}; {datetime.date.today()}; "
         f"{time.time() - t0:.0f} s (cached replays are not re-run). Mean ± std over seeds.\n\n"
     )

@@ -1,14 +1,15 @@
 """How much of GPR's gap to the cascade comes from budgets: the same replay with and without them.
 
-    python benchmarks/budget_diagnosis.py --seed 7 --stage vaft --weights 0 0.5 --split test
+    python experiments/business/budget_diagnosis.py --seed 7 --stage vaft --weights 0 0.5 \
+        --split test
 
-Reads (and loads, as it does) the runs of benchmarks/bid_serving.py: --work/s{seed}/{stage},
---cache/cascade_s{seed}, --cache/world_s{seed}. Each policy (the cascade; the stage served with
-each bid weight w) replays the split twice: with the world's daily budgets, and with every budget
-infinite (each request then gets its first-ranked eligible ad). Per replay: RPM, fill (share of
-requests shown an ad), distinct ads shown, the share of impressions on the 50 most shown ads, the
-(day, ad) pairs that exhausted their budget, and the share of revenue those pairs took. Prints
-one markdown table; --jobs replays run at once (one thread each).
+Reads (and loads, as it does) the runs of experiments/business/bid_serving.py:
+--work/s{seed}/{stage}, --cache/cascade_s{seed}, --cache/world_s{seed}. Each policy (the cascade;
+the stage served with each bid weight w) replays the split twice: with the world's daily budgets,
+and with every budget infinite (each request then gets its first-ranked eligible ad). Per replay:
+RPM, fill (share of requests shown an ad), distinct ads shown, the share of impressions on the 50
+most shown ads, the (day, ad) pairs that exhausted their budget, and the share of revenue those
+pairs took. Prints one markdown table; --jobs replays run at once (one thread each).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bid_serving import CASCADE, load_policy  # noqa: E402
 
+from gpr.core.runtime import set_threads  # noqa: E402
 from gpr.eval.simulate import SimData, business_metrics, replay  # noqa: E402
-from gpr.threads import set_threads  # noqa: E402
 
 
 def one(job: tuple[str, str, int, str, float, str, bool]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The business benchmark: random / logging / cascade / GPR / oracle on the small world, 3 seeds.
 
-    python benchmarks/business.py [--preset small] [--seeds 7 8 9] [--gpr 'out/gpr_s{seed}'
-        [--gpr-serve serve.hte_weight=2 ...]]
+    python experiments/business/business.py [--preset small] [--seeds 7 8 9]
+        [--gpr 'out/gpr_s{seed}' [--gpr-serve serve.hte_weight=2 ...]]
 
 For each seed: generate the world (cached in --cache/world_s{seed}, reused when present), train the
 cascade (--cache/cascade_s{seed}), replay the test day with every policy under the hidden truth
@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 
-from gpr.config import load_config
-from gpr.eval.metrics import auc
-from gpr.eval.policy import Logging, Oracle, Policy, RandomEligible, load_policy
+from gpr.cascade.config import cascade_config
+from gpr.cascade.train import evaluate_ranking, train_cascade
+from gpr.core.config import load_config
+from gpr.core.metrics import auc
 from gpr.eval.simulate import SimData, simulate
-from gpr.train.cascade.config import cascade_config
-from gpr.train.cascade.serve import CascadePolicy
-from gpr.train.cascade.train import evaluate_ranking, train_cascade
+from gpr.market.policy import Policy
+from gpr.policy.builtins import Logging, Oracle, RandomEligible, load_policy
+from gpr.policy.cascade import CascadePolicy
 from gpr.world import generate_world
 
 KEYS = (
@@ -61,7 +62,7 @@ NOTES = """## How these numbers are made
   replay budgets on *expected* revenue, so in the replay many logged ads are out of budget and the
   logging policy's fill rate drops; the reference row scores the logged choices with no budget cap.
   **oracle**: the eligible ad of highest true revenue (greedy; an upper bound in practice).
-- **cascade** (`gpr.train.cascade`): two-tower retrieval (in-batch softmax with logQ correction,
+- **cascade** (`gpr.cascade`): two-tower retrieval (in-batch softmax with logQ correction,
   exact top-200 over the eligible ads) → ranking (Wide & Deep, DIN-style target attention, pCTR and
   pCVR heads, ESMM + clicked-CVR loss, trained stage-wise, early-stopped on the valid day's AUC) →
   eCPM auction (bid × pCTR × pCVR × 1000, generalised second price). Trained on the train days'
@@ -73,7 +74,7 @@ NOTES = """## How these numbers are made
   smoothed CTR / CVR: the logging cascade showed good ads more; plus days of data, so that a new
   ad is not mistaken for an old one the logs never showed). Then (2026-12-06, RPM +14 %, AUC
   +0.0125): the session-topic features (`cascade.session_topics`,
-  `src/gpr/train/cascade/topics.py`), an EM mixture fitted on the train days' organic sessions
+  `src/gpr/cascade/topics.py`), an EM mixture fitted on the train days' organic sessions
   that turns the subtopics a session has viewed into a posterior over its intent subtopic, with
   the user's earlier sessions as prior. Then (2026-12-07, RPM +2.9 %, AUC +0.0053): that prior
   forgets (earlier sessions' evidence halves every 2 days: interests drift) and leans less on
@@ -315,7 +316,7 @@ def main() -> None:
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    cmd = "python benchmarks/business.py " + " ".join(sys.argv[1:])
+    cmd = "python experiments/business/business.py " + " ".join(sys.argv[1:])
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     header = (
         f"# Business results: cascade vs baselines under the true world\n\n"

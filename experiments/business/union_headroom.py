@@ -1,6 +1,7 @@
 """How much value GPR's beam union holds, and how much each ranking rule picks out of it.
 
-    python benchmarks/union_headroom.py --seeds 7 8 9 --stages vaft mtp --split valid --limit 2000
+    python experiments/business/union_headroom.py --seeds 7 8 9 --stages vaft mtp --split valid \
+        --limit 2000
 
 For `--limit` requests of `--split` (a seeded sample), with no budgets (every targeted, active ad
 eligible) and no replay: the true expected revenue (bid × pCTR × pCVR, × 1000) of the ad that
@@ -10,10 +11,11 @@ each rule puts first, averaged over the requests —
 - `best in union`: the best ad among the union of the MTP heads' beams (`--beam` per head) —
   what a perfect ranker of GPR's own candidates would reach;
 - `logp + w·log bid`: the union ranked by path log-probability tilted by the bid
-  (`serve.bid_weight`, benchmarks/bid_serving.py), for each w of `--grid`;
+  (`serve.bid_weight`, experiments/business/bid_serving.py), for each w of `--grid`;
 - `logp + g·log sim`: tilted by the simulator's final_value (the cascade's ranking model), for
   each g of `--sim-grid` (`bid_serving.py --judge simulator`); `sim alone` ranks by it only.
-Reads the runs of benchmarks/stages.py (--work/s{seed}/{stage}) and --cache/{world,cascade}_s{seed}.
+Reads the runs of experiments/stages/stages.py (--work/s{seed}/{stage}) and
+--cache/{world,cascade}_s{seed}.
 """
 
 from __future__ import annotations
@@ -32,13 +34,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from business import ms  # noqa: E402
 
-from gpr.eval.eligibility import eligible_mask  # noqa: E402
-from gpr.eval.policy import Oracle, RequestBatch  # noqa: E402
+from gpr.cascade.simulator import Simulator  # noqa: E402
+from gpr.core.runtime import set_threads  # noqa: E402
 from gpr.eval.simulate import SimData  # noqa: E402
-from gpr.serve.policy import GenerativePolicy, ad_bids, bid_tilted  # noqa: E402
-from gpr.threads import set_threads  # noqa: E402
-from gpr.train.cascade.serve import CascadePolicy  # noqa: E402
-from gpr.train.simulator import Simulator  # noqa: E402
+from gpr.market.ads import eligible_mask  # noqa: E402
+from gpr.market.policy import RequestBatch  # noqa: E402
+from gpr.policy.builtins import Oracle
+from gpr.policy.cascade import CascadePolicy  # noqa: E402
+from gpr.policy.generative import GenerativePolicy
+from gpr.policy.hte_features import ad_bids, bid_tilted  # noqa: E402
 
 UNION_M = 1000  # more than any union of beams: keep every candidate
 
@@ -121,7 +125,8 @@ def main() -> None:
     ).stdout.strip()
     seeds = " ".join(map(str, args.seeds))
     print(
-        f"\n`python benchmarks/union_headroom.py --seeds {seeds} --stages {' '.join(args.stages)} "
+        f"\n`python experiments/business/union_headroom.py --seeds {seeds} "
+        f"--stages {' '.join(args.stages)} "
         f"--split {args.split} --limit {args.limit} --beam {args.beam} "
         f"--sim-grid {' '.join(f'{g:g}' for g in args.sim_grid)}` — {platform.machine()}; "
         f"commit {commit}; {datetime.date.today()}. True revenue per 1000 requests of the "

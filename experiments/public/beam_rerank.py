@@ -1,24 +1,25 @@
 """Re-rank a run's beam by popularity and by similarity to the user's last item (TIGER protocol).
 
-    python benchmarks/beam_rerank.py --run out/pub/sports/run_gpr_cc12_s7 --limit 3000 \
+    python experiments/public/beam_rerank.py --run out/pub/sports/run_gpr_cc12_s7 --limit 3000 \
         --betas 0 0.05 0.1 0.2 0.3 0.5
-    python benchmarks/beam_rerank.py --run out/pub/beauty/run_gpr_gpu2_s7 --limit 3000 \
+    python experiments/public/beam_rerank.py --run out/pub/beauty/run_gpr_gpu2_s7 --limit 3000 \
         --betas 0 0.1 --alphas 0 1 2 4 8
 
 Each user's beam (train.beam candidates, so R@beam does not move) is re-sorted by
 
     log p(item) − β · log(1 + train count of item) + α · cos(v(last item), v(item))
 
-with v the content + collaborative vector of benchmarks/knn.py (MiniLM ⊕ the train-split PPMI-SVD,
-`--collab-dim`). β: the popularity drift (a leave-one-out test target is later in time and less
-popular in the train split than the valid one; benchmarks/knn.py prints the drift). α: the
-last-item neighbour signal that the training-free kNN row exploits. (β, α) is chosen on the
-valid split (best N@10) and the test split is reported for every pair. No retraining; `--limit`
-samples users as validation does.
+with v the content + collaborative vector of experiments/public/knn.py (MiniLM ⊕ the train-split
+PPMI-SVD, `--collab-dim`). β: the popularity drift (a leave-one-out test target is later in time
+and less popular in the train split than the valid one; experiments/public/knn.py prints the
+drift). α: the last-item neighbour signal that the training-free kNN row exploits. (β, α) is chosen
+on the valid split (best N@10) and the test split is reported for every pair. No retraining;
+`--limit` samples users as validation does.
 
 `--knn K` (needs α > 0 to matter) first widens each beam with the user's K nearest catalogue items
 by that cosine that the beam lacks (the last item itself excluded), each given the beam's lowest
-log p: a model-agnostic fusion of generation with the training-free kNN of benchmarks/knn.py.
+log p: a model-agnostic fusion of generation with the training-free kNN of
+experiments/public/knn.py.
 """
 
 from __future__ import annotations
@@ -32,13 +33,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpr.config import GprConfig
-from gpr.eval.retrieval import retrieval_metrics
+from gpr.core.config import GprConfig
+from gpr.core.metrics import retrieval_metrics
+from gpr.core.runtime import set_threads
 from gpr.model.journey import SPLIT_CODE, I
-from gpr.threads import set_threads
+from gpr.model.prepare import eval_positions
+from gpr.model.registry import load_run
+from gpr.model.retrieve import generate_ranked
 from gpr.tokenizer.collab import with_collab
 from gpr.tokenizer.embed import embed_items
-from gpr.train.mtp import eval_positions, generate_ranked, load_run
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from knn import rank as knn_rank  # noqa: E402

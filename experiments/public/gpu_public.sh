@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# One GPU, one call: the public-benchmark runs of docs/results/public.md's GPU section, side by side.
+# One GPU, one call: the public-benchmark runs of docs/results/log/public.md's GPU section, side
+# by side.
 #
-#   python benchmarks/public.py --datasets beauty sports --preset small --prepare-only \
+#   python experiments/public/public.py --datasets beauty sports --preset small --prepare-only \
 #       --set tokenizer.balanced=true --set tokenizer.collab_dim=64 --work out/pub   # on the CPU
-#   BUDGET=270 OUT=out/gpu bash benchmarks/gpu_public.sh                             # on the GPU
+#   BUDGET=270 OUT=out/gpu bash experiments/public/gpu_public.sh                   # on the GPU
 #   RUNS=pair TAG=gpu2 BUDGET=220 ...   # only Beauty GPR-1 and TIGER (seed 7), two processes
 #
 # Every run: Beauty's best CPU setting (public.md row 10: balanced + collaborative SIDs, content
@@ -32,7 +33,7 @@ common=(--preset small --work "$WORK" --set train.batch_size=256 --set train.thr
 launch() {  # name, then public.py arguments
   local name=$1
   shift
-  timeout "$KILL_AFTER" python3 benchmarks/public.py "${common[@]}" "$@" \
+  timeout "$KILL_AFTER" python3 experiments/public/public.py "${common[@]}" "$@" \
     >"$LOGS/$name.log" 2>&1 &
 }
 

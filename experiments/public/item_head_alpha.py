@@ -1,6 +1,6 @@
 """The item head's fusion weight α: chosen on the valid split, reported on test (TIGER protocol).
 
-    python benchmarks/item_head_alpha.py --run out/pub/beauty/run_gpr_ih_s7 --limit 3000 \
+    python experiments/public/item_head_alpha.py --run out/pub/beauty/run_gpr_ih_s7 --limit 3000 \
         --alphas 0 0.25 0.5 1 2 --json out/pub/beauty/alpha_ih_s7.json
 
 A run trained with `model.item_head=true` ranks each user's candidates — the beam plus the item
@@ -19,13 +19,14 @@ from pathlib import Path
 
 import numpy as np
 
-from gpr.config import GprConfig
-from gpr.eval.retrieval import retrieval_metrics
-from gpr.io import write_json
+from gpr.core.config import GprConfig
+from gpr.core.io import write_json
+from gpr.core.metrics import retrieval_metrics
+from gpr.core.runtime import set_threads
 from gpr.model.gpr import GPRModel, rank_candidates
 from gpr.model.journey import tail_windows
-from gpr.threads import set_threads
-from gpr.train.mtp import eval_positions, load_run
+from gpr.model.prepare import eval_positions
+from gpr.model.registry import load_run
 
 KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 

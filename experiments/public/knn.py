@@ -1,6 +1,6 @@
 """A non-learned reference on the TIGER protocol: the last item's nearest neighbours.
 
-    python benchmarks/knn.py --data out/pub/beauty/data --split test --collab-dim 64
+    python experiments/public/knn.py --data out/pub/beauty/data --split test --collab-dim 64
 
 For each user, the target of `--split` (valid: second-last item, test: last) is ranked by cosine
 to the item just before it, over the full catalogue (the query item itself excluded), in three
@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpr.eval.retrieval import retrieval_metrics
+from gpr.core.metrics import retrieval_metrics
 from gpr.model.item_head import nearest_by_cosine
 from gpr.tokenizer.collab import item_sequences, with_collab
 from gpr.tokenizer.embed import embed_items

@@ -1,7 +1,7 @@
 """Retrieval metrics of a trained GPR run when generation decodes only its first n MTP heads.
 
-    python benchmarks/mtp_heads.py --run out/pub/beauty/run_gpr_s7 --split valid --limit 1500 \
-        --heads 1 4
+    python experiments/public/mtp_heads.py --run out/pub/beauty/run_gpr_s7 --split valid \
+        --limit 1500 --heads 1 4
 
 The model is the run's; only the number of heads that decode (and whose beams form the ranked
 union) changes. `--limit` samples the same positions as training's validation (the run's seed).
@@ -13,10 +13,12 @@ import argparse
 
 import torch
 
-from gpr.config import GprConfig
+from gpr.core.config import GprConfig
+from gpr.core.runtime import set_threads
 from gpr.model.gpr import GPRModel
-from gpr.threads import set_threads
-from gpr.train.mtp import eval_positions, evaluate, load_run
+from gpr.model.prepare import eval_positions
+from gpr.model.registry import load_run
+from gpr.model.retrieve import evaluate
 
 KEYS = ("recall@5", "ndcg@5", "recall@10", "ndcg@10")
 

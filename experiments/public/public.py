@@ -1,9 +1,11 @@
 """Public benchmarks (TIGER protocol): GPR vs TIGER vs SASRec (and HSTU) on Amazon Beauty / Sports.
 
-    python benchmarks/public.py --datasets beauty sports --models gpr tiger sasrec \
+    python experiments/public/public.py --datasets beauty sports --models gpr tiger sasrec \
         --preset base --seeds 7 --work out/bench/public --out docs/results/public_raw.json
-    python benchmarks/public.py --datasets beauty --models gpr --tag mtp1 --set model.mtp_heads=1
-    python benchmarks/public.py --datasets beauty --report-only --md docs/results/public_runs.md
+    python experiments/public/public.py --datasets beauty --models gpr --tag mtp1 \
+        --set model.mtp_heads=1
+    python experiments/public/public.py --datasets beauty --report-only --work out/pub \
+        --md docs/results/public_item_head.md
 
 Per dataset: import (leave-one-out), MiniLM item embeddings, RQ-Kmeans+ semantic IDs, then each
 model trained with early stopping on validation NDCG@10 and evaluated on the test split over the
@@ -27,13 +29,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gpr.config import load_config
+from gpr.core.config import load_config
+from gpr.core.io import atomic_write_text, write_json
 from gpr.data.amazon import import_amazon
 from gpr.data.sequences import HISTORY_MAX
-from gpr.io import atomic_write_text, write_json
+from gpr.eval.retrieval import evaluate_run
 from gpr.tokenizer.embed import embed_items
 from gpr.tokenizer.pipeline import run_tokenize
-from gpr.train.mtp import evaluate_run, train
+from gpr.train.mtp import train
 
 DATASETS = {
     "beauty": ("amazon_beauty", "Beauty.txt"),
@@ -202,7 +205,7 @@ def main() -> None:
                 print(f"{name} {model}: best R@10 {max(r10):.4f} over {len(r10)} runs")
     if args.md:
         machine = f"{platform.machine()}, {os.cpu_count()} cores"
-        cmd = "python benchmarks/public.py " + " ".join(sys.argv[1:])
+        cmd = "python experiments/public/public.py " + " ".join(sys.argv[1:])
         head = f"`{cmd}` — {machine}; commit {commit}; {datetime.date.today().isoformat()}.\n\n"
         atomic_write_text(args.md, head + "\n\n".join(tables) + "\n")
     if args.out:

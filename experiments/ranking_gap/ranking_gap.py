@@ -1,9 +1,10 @@
 """Where the cascade ranker's pCTR AUC is lost: a decomposition against the hidden truth.
 
-    python benchmarks/ranking_gap.py [--seeds 7 8 9] [--cache out/bench]
+    python experiments/ranking_gap/ranking_gap.py [--seeds 7 8 9] [--cache out/bench]
         [--runs 'out/bench/cascade_s{seed}'] [--out docs/results/ranking_gap.md]
 
-On each seed's test impressions (worlds and cascade runs as benchmarks/business.py caches them):
+On each seed's test impressions (worlds and cascade runs as experiments/business/business.py caches
+them):
 - the AUC of the ranker's pCTR and of the true pCTR (the ceiling);
 - the true logit without each of its terms (what each term is worth);
 - the least-squares coefficients of the ranker's logit on the true terms (1.0 = fully captured);
@@ -32,11 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpr.eval.history import LogData
-from gpr.eval.metrics import auc
-from gpr.eval.simulate import SimData
-from gpr.train.cascade.config import cascade_config
-from gpr.train.cascade.features import (
+from gpr.cascade.config import cascade_config
+from gpr.cascade.features import (
     ENV_SIZES,
     N_MATCH,
     Catalog,
@@ -44,12 +42,15 @@ from gpr.train.cascade.features import (
     match_features,
     session_views,
 )
-from gpr.train.cascade.serve import Cascade, load_cascade
-from gpr.train.cascade.train import Impressions, impressions, predict
+from gpr.cascade.load import Cascade, load_cascade
+from gpr.cascade.train import Impressions, impressions, predict
+from gpr.core.metrics import auc
+from gpr.eval.simulate import SimData
+from gpr.market.journeys import LogData
 from gpr.world.response import session_latent, view_subtopic_logits
 from gpr.world.truth import Truth
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "business"))  # the sibling experiment
 from business import ms  # noqa: E402  (mean ± sd, ddof 1, as in the business tables)
 
 F4 = "{:.4f}"
@@ -245,7 +246,8 @@ def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
     lines = [
         "# Where the ranking AUC is lost",
         "",
-        f"`python benchmarks/ranking_gap.py --seeds {seeds} --cache {args.cache} {runs}"
+        f"`python experiments/ranking_gap/ranking_gap.py --seeds {seeds} --cache {args.cache} "
+        f"{runs}"
         f"{' --glm' if args.glm else ''}` — small world, "
         f"test impressions; {platform.machine()}, commit {commit}; {datetime.date.today()}.",
         "Mean ± std over seeds; per seed in the JSON (`--json`).",

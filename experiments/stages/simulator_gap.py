@@ -1,6 +1,6 @@
 """Where the RL simulator and the truth disagree (issue 6's diagnosis), on one seed's world.
 
-    python benchmarks/simulator_gap.py --seed 7 [--runs out/bench/stages/s7/vaft ...]
+    python experiments/stages/simulator_gap.py --seed 7 [--runs out/bench/stages/s7/vaft ...]
 
 1. Calibration of the simulator (the cascade's ranking models) against the hidden truth on the
    valid day's *logged* impressions, and on 40 *random eligible* ads per request (never shown by
@@ -20,13 +20,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpr.eval.eligibility import eligible_mask
+from gpr.cascade.simulator import Simulator
+from gpr.core.runtime import set_threads
+from gpr.market.ads import eligible_mask
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import positions_for_split
-from gpr.threads import set_threads
-from gpr.train.mtp import load_run
-from gpr.train.rollout import RequestContext, RequestSet
-from gpr.train.simulator import Simulator
+from gpr.model.registry import load_run
+from gpr.policy.rollout import RequestContext, RequestSet
 from gpr.world.truth import Truth
 
 

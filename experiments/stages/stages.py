@@ -1,17 +1,19 @@
 """The stage benchmark (issue 6): MTP → +VAFT → +DPO → +HEPO → +HEPO with ARR, and vs the cascade.
 
-    python benchmarks/stages.py --seeds 7 [--preset small] [--beam 20] [--set align.steps=200]
-    python benchmarks/stages.py --seeds 7 8 9 --report     # tables from the cached seeds
+    python experiments/stages/stages.py --seeds 7 [--preset small] [--beam 20] \
+        [--set align.steps=200]
+    python experiments/stages/stages.py --seeds 7 8 9 --report     # tables from the cached seeds
 
 Per seed, under --work/s{seed} (every step is cached and skipped when its output exists, so an
-interrupted run resumes): the world (`--cache`, shared with benchmarks/business.py), RQ-Kmeans+
-SIDs, the cascade (the simulator's ranking models and the baseline), GPR MTP, then VAFT from MTP,
-DPO from VAFT, then HEPO from DPO and HEPO with ARR from DPO twice: as Eq. 5-10 stand (z-scored
-leaf, final_value reward, KL 0.01 to its init, DPO) and anchored to VAFT (`ANCHORED`: KL 0.5 to
-the VAFT run, centred leaf, log reward, the reference's top-20 as candidates, the checkpoint
-kept by the regularised objective; stages_analysis.md §13). Each run gets the value evaluation
-(`gpr eval --value`, K = 40 on `--value-limit` test requests) and the test-day replay
-(`gpr simulate`, beam `--beam` per MTP head). Writes docs/results/stages.md (--out).
+interrupted run resumes): the world (`--cache`, shared with experiments/business/business.py),
+RQ-Kmeans+ SIDs, the cascade (the simulator's ranking models and the baseline), GPR MTP, then VAFT
+from MTP, DPO from VAFT, then HEPO from DPO and HEPO with ARR from DPO twice: as Eq. 5-10 stand
+(z-scored leaf, final_value reward, KL 0.01 to its init, DPO) and anchored to VAFT (`ANCHORED`:
+KL 0.5 to the VAFT run, centred leaf, log reward, the reference's top-20 as candidates, the
+checkpoint kept by the regularised objective; docs/results/log/stages_analysis.md §13). Each run
+gets the value evaluation (`gpr eval --value`, K = 40 on `--value-limit` test requests) and the
+test-day replay (`gpr simulate`, beam `--beam` per MTP head). Writes docs/results/stages.md
+(--out).
 """
 
 from __future__ import annotations
@@ -29,17 +31,17 @@ from typing import Any
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "business"))  # the sibling experiment
 from business import ms, pct, world  # noqa: E402
 
-from gpr.config import AlignConfig, GprConfig, load_config  # noqa: E402
+from gpr.cascade.train import train_cascade  # noqa: E402
+from gpr.core.config import AlignConfig, GprConfig, load_config  # noqa: E402
 from gpr.eval.simulate import SimData, simulate  # noqa: E402
 from gpr.eval.value import value_eval  # noqa: E402
-from gpr.serve.policy import GenerativePolicy  # noqa: E402
+from gpr.policy.cascade import CascadePolicy  # noqa: E402
+from gpr.policy.generative import GenerativePolicy  # noqa: E402
 from gpr.tokenizer.pipeline import run_tokenize  # noqa: E402
 from gpr.train.align import align  # noqa: E402
-from gpr.train.cascade.serve import CascadePolicy  # noqa: E402
-from gpr.train.cascade.train import train_cascade  # noqa: E402
 from gpr.train.mtp import train  # noqa: E402
 from gpr.train.vaft import train_vaft  # noqa: E402
 
@@ -56,7 +58,7 @@ LABEL = {
 VALUE_RANKED = ("mtp", "hepo_arr")
 # HEPO anchored to the fine-tuned run: with a log reward and the centred leaf the optimum of
 # E[R] - β KL(π || π_VAFT) is π ∝ π_VAFT · final_value^(1/β) (β = 0.5: the simulator's value
-# squared), which DPO's drift cannot move (stages_analysis.md §13)
+# squared), which DPO's drift cannot move (docs/results/log/stages_analysis.md §13)
 ANCHORED = {
     "reward": "log_value",
     "leaf_advantage": "center",
@@ -176,7 +178,7 @@ NOTES = """## How these numbers are made
 - "ranked by HTE value": the same run served with `serve.rank_by=value` (bid × HTE pCTR × HTE
   pCVR over the union of the heads' beams).
 - Why DPO and HEPO lower the true RPM while raising the simulator's value, and the fixes tried:
-  `stages_analysis.md` (`benchmarks/simulator_gap.py`).
+  `log/stages_analysis.md` (`experiments/stages/simulator_gap.py`).
 """
 
 
@@ -329,7 +331,7 @@ def main() -> None:
         ).stdout.strip()
         machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
         head = (
-            f"# Value alignment: the stage table\n\n`python benchmarks/stages.py "
+            f"# Value alignment: the stage table\n\n`python experiments/stages/stages.py "
             f"{' '.join(sys.argv[1:])}` — preset {args.preset}, seeds "
             f"{', '.join(map(str, args.seeds))} (mean ± std); {machine}; commit {commit}; "
             f"{datetime.date.today().isoformat()}. Runs are cached per stage: each was made by\n"

@@ -1,6 +1,6 @@
 """Tokenizer benchmark: RQ-Kmeans vs RQ-VAE vs RQ-Kmeans+ on Beauty (MiniLM) and the ad world.
 
-    python benchmarks/tokenizer.py --beauty ../shared/data/amazon_beauty --world DIR \
+    python experiments/tokenizer/tokenizer.py --beauty ../shared/data/amazon_beauty --world DIR \
         [--preset small] [--out docs/results/tokenizer_raw] [--limit 2000] [--scale 1000000]
 
 - Beauty: imported into --beauty-data (default: a temp dir; reused when it already holds a
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpr.config import GprConfig, TokenizerConfig, load_config
+from gpr.core.config import GprConfig, TokenizerConfig, load_config
+from gpr.core.runtime import set_threads
 from gpr.data.amazon import import_amazon
-from gpr.threads import set_threads
 from gpr.tokenizer import build_tokenizer
 from gpr.tokenizer.embed import embed_items
 from gpr.tokenizer.methods import resolve_device

@@ -1,6 +1,6 @@
 """Seed spread of the tokenizer comparison: mean ± sd over seeds of collision, CUR_L1, PAS, recon.
 
-    python benchmarks/tokenizer_seeds.py --data beauty=out/bench/beauty world=DIR \
+    python experiments/tokenizer/tokenizer_seeds.py --data beauty=out/bench/beauty world=DIR \
         --seeds 7 8 9 --preset small --work out/bench/tok_seeds
 
 Datasets must already hold embeddings or be embeddable (`gpr embed`). Each (seed, dataset) runs
@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from gpr.config import load_config
-from gpr.threads import set_threads
+from gpr.core.config import load_config
+from gpr.core.runtime import set_threads
 from gpr.tokenizer.pipeline import run_compare
 
 METHODS = ("rq_kmeans", "rq_vae", "rq_kmeans_plus")
