@@ -804,10 +804,13 @@ def test_hte_distillation_with_side_features(
     assert isinstance(model, GPRModel) and model.hte is not None and model.hte.side == width
     assert not load_run(init)[0].cfg.hte_side  # the init run is untouched
     # it serves: GPR ranks its union with the side-feature HTE (the replay's budgets kept)
-    res = simulate_spec(
-        tmp_path / "hte", tiny_world, "test", max_requests=200, overrides=["serve.hte_weight=2"]
+    over = ["serve.score.log_hte_value=2"]
+    res = simulate_spec(tmp_path / "hte", tiny_world, "test", max_requests=200, overrides=over)
+    assert (
+        res["policy"].endswith("+log_hte_value2")
+        and res["ineligible_ranked"] == 0
+        and res["rpm"] > 0
     )
-    assert res["policy"].endswith("+hte2") and res["ineligible_ranked"] == 0 and res["rpm"] > 0
 
 
 def test_hte_session_needs_the_side_part(runs: tuple[Path, Path], tmp_path: Path) -> None:

@@ -37,14 +37,14 @@ def test_gpr_run_is_a_policy(tiny_world: Path, tiny_run: Path) -> None:
     assert oracle["rpm"] >= res["rpm"]
 
 
-def test_bid_weight_adds_log_bid_to_the_log_probability(tiny_world: Path, tiny_run: Path) -> None:
+def test_log_bid_term_adds_log_bid_to_the_log_probability(tiny_world: Path, tiny_run: Path) -> None:
     data = SimData.load(tiny_world)
     pos = data.journeys.requests("test")[:48]
     elig = np.ones((len(pos), data.ads.n), dtype=bool)
     batch = RequestBatch.at(pos, data.journeys, data.ads, data.logs.users, elig, m=1000)
     plain = GenerativePolicy(tiny_run, tiny_world).rank(batch)
-    tilted = GenerativePolicy(tiny_run, tiny_world, overrides=["serve.bid_weight=0.7"])
-    assert tilted.name.endswith("+bid0.7")
+    tilted = GenerativePolicy(tiny_run, tiny_world, overrides=["serve.score.log_bid=0.7"])
+    assert tilted.name.endswith("+logp1+log_bid0.7")
     got = tilted.rank(batch)
     bid = dict(zip(data.ads.item_id.tolist(), data.ads.bid.tolist(), strict=True))
     n_moved = 0
@@ -59,15 +59,15 @@ def test_bid_weight_adds_log_bid_to_the_log_probability(tiny_world: Path, tiny_r
     assert n_moved > 0
 
 
-def test_hte_weight_adds_log_hte_value(tiny_world: Path, tiny_run: Path) -> None:
+def test_log_hte_value_term_adds_log_hte_value(tiny_world: Path, tiny_run: Path) -> None:
     data = SimData.load(tiny_world)
     pos = data.journeys.requests("test")[:32]
     elig = np.ones((len(pos), data.ads.n), dtype=bool)
     batch = RequestBatch.at(pos, data.journeys, data.ads, data.logs.users, elig, m=1000)
     plain_pol = GenerativePolicy(tiny_run, tiny_world)
     plain = plain_pol.rank(batch)
-    tilted = GenerativePolicy(tiny_run, tiny_world, overrides=["serve.hte_weight=2"])
-    assert tilted.name.endswith("+hte2")
+    tilted = GenerativePolicy(tiny_run, tiny_world, overrides=["serve.score.log_hte_value=2"])
+    assert tilted.name.endswith("+logp1+log_hte_value2")
     got = tilted.rank(batch)
     # the HTE value of every candidate, computed independently through the model's own heads
     cfg = plain_pol.model.cfg
@@ -93,12 +93,12 @@ def test_hte_weight_adds_log_hte_value(tiny_world: Path, tiny_run: Path) -> None
 
 
 def test_serve_overrides_are_checked(tiny_world: Path, tiny_run: Path) -> None:
-    with pytest.raises(GprInputError, match="serve.bid_weight"):
-        load_policy(tiny_run, tiny_world, overrides=["serve.bid_weight=-1"])
+    with pytest.raises(GprInputError, match="serve.score.log_bid"):
+        load_policy(tiny_run, tiny_world, overrides=["serve.score.log_bid=-1"])
     with pytest.raises(GprInputError, match="only serve"):
         load_policy(tiny_run, tiny_world, overrides=["train.lr=1"])
     with pytest.raises(GprInputError, match="do not apply"):
-        load_policy("oracle", tiny_world, overrides=["serve.bid_weight=1"])
+        load_policy("oracle", tiny_world, overrides=["serve.score.log_bid=1"])
 
 
 def test_hte_side_features_by_hand(tiny_world: Path, tiny_run: Path) -> None:

@@ -8,8 +8,8 @@
 ranking model: bid × pCTR × pCVR) instead of log bid: the union ranked by p(ad) · value^w, the
 product of the imitation prior and the copied ranking model — a diagnostic of what alignment
 against that simulator could distill into the policy, not GPR serving on its own. `--judge hte`
-tilts by log(bid × HTE pCTR × HTE pCVR) (`serve.hte_weight`): the same product with GPR's own
-value heads, e.g. after `gpr train --stage hte` distilled the simulator into them.
+tilts by log(bid × HTE pCTR × HTE pCVR) (`serve.score.log_hte_value`): the same product with
+GPR's own value heads, e.g. after `gpr train --stage hte` distilled the simulator into them.
 A stage that is not one of stages.py's (e.g. an aligned variant) must already exist in
 --work/s{seed}/{stage}.
 
@@ -96,8 +96,8 @@ def load_policy(
     if judge == "simulator" and w:
         pol = GenerativePolicy(run, wdir, beam=20)
         return SimulatorJudged(pol, Simulator(casc, wdir, logs=data.logs), w)
-    field = "hte_weight" if judge == "hte" else "bid_weight"
-    return GenerativePolicy(run, wdir, beam=20, overrides=[f"serve.{field}={w}"])
+    term = "log_hte_value" if judge == "hte" else "log_bid"
+    return GenerativePolicy(run, wdir, beam=20, overrides=[f"serve.score.{term}={w}"])
 
 
 Job = tuple[str, str, str, float, int, str, str]

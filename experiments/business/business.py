@@ -1,7 +1,7 @@
 """The business benchmark: random / logging / cascade / GPR / oracle on the small world, 3 seeds.
 
     python experiments/business/business.py [--preset small] [--seeds 7 8 9]
-        [--gpr 'out/gpr_s{seed}' [--gpr-serve serve.hte_weight=2 ...]]
+        [--gpr 'out/gpr_s{seed}' [--gpr-serve serve.score.log_hte_value=2 ...]]
 
 For each seed: generate the world (cached in --cache/world_s{seed}, reused when present), train the
 cascade (--cache/cascade_s{seed}), replay the test day with every policy under the hidden truth

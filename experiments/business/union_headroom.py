@@ -11,7 +11,7 @@ each rule puts first, averaged over the requests —
 - `best in union`: the best ad among the union of the MTP heads' beams (`--beam` per head) —
   what a perfect ranker of GPR's own candidates would reach;
 - `logp + w·log bid`: the union ranked by path log-probability tilted by the bid
-  (`serve.bid_weight`, experiments/business/bid_serving.py), for each w of `--grid`;
+  (`serve.score.log_bid`, experiments/business/bid_serving.py), for each w of `--grid`;
 - `logp + g·log sim`: tilted by the simulator's final_value (the cascade's ranking model), for
   each g of `--sim-grid` (`bid_serving.py --judge simulator`); `sim alone` ranks by it only.
 Reads the runs of experiments/stages/stages.py (--work/s{seed}/{stage}) and

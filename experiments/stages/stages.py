@@ -149,10 +149,11 @@ def evaluate_seed(args: argparse.Namespace, seed: int) -> dict[str, Any]:
             flush=True,
         )
         res_path.write_text(json.dumps(res, indent=2, default=float))
-    for stage in VALUE_RANKED:  # the same runs, ranked by HTE's value (serve.rank_by=value)
+    for stage in VALUE_RANKED:  # the same runs, ranked by HTE's value alone
         key = f"{stage}+value"
         if key not in res["sim"]:
-            pol = GenerativePolicy(t["runs"][stage], wdir, beam=args.beam, rank_by="value")
+            by_value = ["serve.score.logp=0", "serve.score.log_hte_value=1"]
+            pol = GenerativePolicy(t["runs"][stage], wdir, beam=args.beam, overrides=by_value)
             res["sim"][key] = simulate(pol, data)
             print(f"seed {seed} {key}: rpm {res['sim'][key]['rpm']:.2f}", file=sys.stderr)
             res_path.write_text(json.dumps(res, indent=2, default=float))
@@ -175,8 +176,8 @@ NOTES = """## How these numbers are made
 - Value metrics: `gpr eval --value` on 1,000 test requests (K = 40 sampled candidates, true values
   min-max normalised over each request's eligible ads). RPM, CTR, CTCVR, GMV: `gpr simulate` on
   the whole test day with budgets, beam 20 per MTP head (the cascade: its own retrieval top-200).
-- "ranked by HTE value": the same run served with `serve.rank_by=value` (bid × HTE pCTR × HTE
-  pCVR over the union of the heads' beams).
+- "ranked by HTE value": the same run served with `serve.score.logp=0
+  serve.score.log_hte_value=1` (bid × HTE pCTR × HTE pCVR over the union of the heads' beams).
 - Why DPO and HEPO lower the true RPM while raising the simulator's value, and the fixes tried:
   `log/stages_analysis.md` (`experiments/stages/simulator_gap.py`).
 """

@@ -21,10 +21,12 @@ app = typer.Typer(
 )
 world_app = typer.Typer(no_args_is_help=True, help="The simulated ad world.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: import and inspect.")
+run_app = typer.Typer(no_args_is_help=True, help="Run directories: convert earlier layouts.")
 import_app = typer.Typer(
     no_args_is_help=True, help="Import public datasets into the common schema."
 )
 app.add_typer(world_app, name="world")
+app.add_typer(run_app, name="run")
 app.add_typer(data_app, name="data")
 data_app.add_typer(import_app, name="import")
 console = Console(stderr=True)
@@ -290,16 +292,17 @@ def eval_cmd(
     threads: ThreadsOpt = 1,
 ) -> None:
     """Generative runs: Recall/NDCG@5,10, HitRate@100. Cascade runs: ranking AUC / GAUC."""
-    from gpr.core.io import read_json, write_json
+    from gpr.core.io import write_json
     from gpr.core.runtime import set_threads
 
     set_threads(threads or None)
+    from gpr.core.run import Run
 
-    info = read_json(run / "run.json")
+    info = Run.load(run).info
     if value:
         from gpr.eval.value import value_eval
 
-        res = value_eval(run, split, k, limit if limit is not None else 2000)
+        res = value_eval(run, split, k, limit if limit is not None else 2000, data_dir=data)
     elif info.get("model") == "cascade":
         from gpr.cascade.train import evaluate_ranking
 
@@ -307,7 +310,7 @@ def eval_cmd(
     else:
         from gpr.eval.retrieval import evaluate_run
 
-        res = evaluate_run(run, split, beam=beam, limit=limit)
+        res = evaluate_run(run, split, beam=beam, limit=limit, data=data)
     if out is not None:
         write_json(out, res)
     _print_json(res)
@@ -339,6 +342,24 @@ def simulate_cmd(
     _print_json({k: v for k, v in res.items() if k != "segments"})
 
 
+@run_app.command("convert")
+def run_convert(
+    run: Annotated[Path, typer.Option("--run", help="a run of the earlier layout")],
+    out: Annotated[Path, typer.Option("--out", help="the converted run (must not exist)")],
+    data: Annotated[
+        Path | None, typer.Option("--data", help="its dataset (default: the one it names)")
+    ] = None,
+    sids: Annotated[
+        Path | None, typer.Option("--sids", help="its SIDs (default: the folder it names)")
+    ] = None,
+) -> None:
+    """Convert a run saved before manifest.json and catalogue/ into the current layout."""
+    from gpr.model.registry import convert_run
+
+    info = convert_run(run, out, data, sids)
+    _print_json({k: info.get(k) for k in ("model", "stage", "format", "data", "sids")})
+
+
 @app.command("demo")
 def demo(
     out: Annotated[Path, typer.Option("--out")] = Path("out/demo"),
@@ -349,11 +370,14 @@ def demo(
     shared: Annotated[Path, typer.Option("--shared", help="the shared data folder")] = Path(
         "../shared/data"
     ),
+    beauty: Annotated[
+        bool, typer.Option("--beauty", help="also MiniLM + semantic IDs of Amazon Beauty (~8 min)")
+    ] = False,
 ) -> None:
-    """The whole pipeline that exists, on the default data, ending in a short report."""
+    """The whole pipeline that exists, on the default data, ending in OUT/report.md with plots."""
     from gpr.demo import run_demo
 
-    run_demo(_config(preset, config, sets, seed), out, shared)
+    run_demo(_config(preset, config, sets, seed), out, shared, beauty=beauty)
 
 
 def main() -> None:

@@ -12,7 +12,8 @@ from gpr.cascade.features import Catalog
 from gpr.cascade.ranking import RankingModel
 from gpr.cascade.retrieval import RetrievalModel
 from gpr.core.errors import GprInputError
-from gpr.core.io import file_sha256, read_json
+from gpr.core.io import file_sha256
+from gpr.core.run import Run
 from gpr.market.journeys import LogData
 
 
@@ -26,7 +27,7 @@ class Cascade:
 
 
 def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
-    meta = read_json(run_dir / "run.json")
+    meta = Run.load(run_dir).info
     if meta.get("model") != "cascade":
         raise GprInputError("not a cascade run", file=run_dir / "run.json", field="model")
     sha = file_sha256(logs.root / "items.parquet")

@@ -30,13 +30,12 @@ from gpr.cascade.intent import train_intent
 from gpr.cascade.ranking import RankingModel, esmm_loss
 from gpr.cascade.retrieval import RetrievalModel
 from gpr.core.errors import GprInputError
-from gpr.core.io import atomic_dir, file_sha256, write_json
+from gpr.core.io import atomic_dir, file_sha256
 from gpr.core.metrics import auc, gauc
+from gpr.core.run import seal
 from gpr.core.runtime import limit_threads
 from gpr.market.ads import eligible_mask
 from gpr.market.journeys import LogData
-
-FORMAT = "gpr-cascade/1"
 
 
 @dataclass
@@ -303,8 +302,7 @@ def train_cascade(
         save_file(_state(retrieval), str(tmp / "retrieval.safetensors"))
         meta = {
             "model": "cascade",
-            "format": FORMAT,
-            "data": str(data_dir),
+            "data": str(Path(data_dir).resolve()),
             "items_sha256": file_sha256(data_dir / "items.parquet"),
             "n_users": n_users,
             "n_ads": logs.ads.n,
@@ -320,7 +318,7 @@ def train_cascade(
             },
             "seconds": round(time.perf_counter() - t0, 1),
         }
-        write_json(tmp / "run.json", meta)
+        meta = seal(tmp, meta)
     return meta
 
 

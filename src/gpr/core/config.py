@@ -7,6 +7,7 @@ field, so the CLI exits 2 before anything is written.
 
 from __future__ import annotations
 
+import copy
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -298,15 +299,22 @@ class AlignConfig(_Strict):
     arr_recent: int = Field(8, ge=1)  # anchor on the user's last N train requests
 
 
-class ServeConfig(_Strict):
-    """Serving a generative run (spec §5): how the union of the MTP heads' beams is ranked."""
+class ServeScore(_Strict):
+    """How a generative run ranks the union of its MTP heads' beams (spec §5): by a weighted sum of
+    named terms, 0 = a term unused. The default is the model's own order."""
 
-    rank_by: Literal["logprob", "value"] = "logprob"  # value: bid x HTE pCTR x HTE pCVR
+    logp: float = Field(1.0, ge=0)  # log p(ad), the path log-probability
+    log_bid: float = Field(0.0, ge=0)  # log bid
+    # log(bid x HTE pCTR x HTE pCVR), the model's own expected revenue (needs HTE); alone it is
+    # the paper's auction by value
+    log_hte_value: float = Field(0.0, ge=0)
+
+
+class ServeConfig(_Strict):
+    """Serving a generative run (spec §5)."""
+
     beam: int | None = Field(None, ge=1)  # per MTP head; None: train.beam
-    # rank_by logprob: score = log p(ad) + bid_weight * log(bid) + hte_weight * log(bid x HTE
-    # pCTR x HTE pCVR); 0 and 0 = the model's order as it is
-    bid_weight: float = Field(0.0, ge=0)
-    hte_weight: float = Field(0.0, ge=0)
+    score: ServeScore = Field(default_factory=ServeScore)
 
 
 class GprConfig(_Strict):
@@ -332,6 +340,15 @@ def _preset_dict(name: str) -> dict[str, Any]:
     return data
 
 
+def model_overrides(name: str) -> dict[str, Any]:
+    """The model fields a named model sets over a preset (configs/models/NAME.yaml)."""
+    f = resources.files("gpr.configs").joinpath("models", f"{name}.yaml")
+    if not f.is_file():
+        raise GprInputError(f"no model config '{name}'", field="model")
+    data = yaml.safe_load(f.read_text()) or {}
+    return dict(data)
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for k, v in over.items():
@@ -351,18 +368,27 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 def serve_config(run_config: dict[str, Any], overrides: list[str] | None = None) -> ServeConfig:
     """A run's serve section with `serve.field=value` overrides (`gpr simulate --set`)."""
-    data = dict(run_config.get("serve", {}))
+    data = copy.deepcopy(run_config.get("serve", {}))
     for item in overrides or []:
         keys, value = _parse_override(item)
-        if len(keys) != 2 or keys[0] != "serve":
+        if len(keys) < 2 or keys[0] != "serve":
             raise GprInputError("only serve.<field>=value can be set when serving", field=item)
-        data[keys[1]] = value
+        _set(data, keys[1:], value, item)
     try:
         return ServeConfig.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(["serve", *(str(p) for p in err["loc"])])
         raise GprInputError(f"{err['msg']} (got {err.get('input')!r})", field=loc) from None
+
+
+def _set(data: dict[str, Any], keys: list[str], value: Any, item: str) -> None:
+    node = data
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise GprInputError(f"'{k}' is not a section", field=item)
+    node[keys[-1]] = value
 
 
 def load_config(
@@ -391,12 +417,7 @@ def load_config(
         data["seed"] = seed
     for item in overrides or []:
         keys, value = _parse_override(item)
-        node = data
-        for k in keys[:-1]:
-            node = node.setdefault(k, {})
-            if not isinstance(node, dict):
-                raise GprInputError(f"'{k}' is not a section", field=".".join(keys))
-        node[keys[-1]] = value
+        _set(data, keys, value, ".".join(keys))
     try:
         return GprConfig.model_validate(data)
     except ValidationError as e:

@@ -22,10 +22,12 @@ def evaluate_run(
     beam: int | None = None,
     limit: int | None = None,
     device: str = "auto",
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
+    """`data`: the dataset to evaluate on (default: the one the run was trained on)."""
     if split not in SPLIT_CODE:
         raise GprInputError(f"unknown split '{split}'", field="split")
-    model, prep, info = load_run(run_dir, "cpu")
+    model, prep, info = load_run(run_dir, data, "cpu")
     dev = torch_device(device)
     model = model.to(dev)
     cfg = GprConfig.model_validate(info["config"])

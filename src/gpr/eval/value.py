@@ -54,15 +54,20 @@ def opr(scores: np.ndarray, values: np.ndarray, valid: np.ndarray) -> np.ndarray
 
 
 def value_eval(
-    run_dir: str | Path, split: str = "test", k: int = 40, limit: int | None = 2000, seed: int = 0
+    run_dir: str | Path,
+    split: str = "test",
+    k: int = 40,
+    limit: int | None = 2000,
+    seed: int = 0,
+    data_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     if split not in SPLIT_CODE:
         raise GprInputError(f"unknown split '{split}' (train | valid | test)", field="split")
-    model, prep, info = load_run(run_dir)
+    model, prep, info = load_run(run_dir, data_dir)
     if not isinstance(model, GPRModel):
         raise GprInputError("--value needs a gpr/hstu run", file=run_dir, field="model")
     model.eval()
-    data = SimData.load(info["data"])
+    data = SimData.load(data_dir if data_dir is not None else info["data"])
     logs: LogData = data.logs
     ctx = RequestContext(prep, logs.ads, logs.users)
     rng = np.random.default_rng(seed)

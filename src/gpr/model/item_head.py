@@ -10,8 +10,8 @@ log p_SID(item) + alpha · log p_head(item), a product of the two experts.
 
 With `neighbours` = K > 0 the head's logits also get beta · cos(c_last, c_item) for the K nearest
 generatable items of the user's last item in the full content space (a learnt beta, one scalar):
-the last-item nearest-neighbour lookup of `benchmarks/knn.py`, inside the model, at full content
-width instead of through the d-wide key projection.
+the last-item nearest-neighbour lookup of `experiments/public/knn.py`, inside the model, at full
+content width instead of through the d-wide key projection.
 """
 
 from __future__ import annotations

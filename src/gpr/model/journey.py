@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from gpr.core.errors import GprInputError
+from gpr.core.io import read_json
 from gpr.data.schema import Dataset
 from gpr.market.journeys import SPLIT_CODE, TYPE_CODE
 from gpr.tokenizer.pipeline import read_sids
@@ -48,6 +49,8 @@ class SidTable:
 
     @classmethod
     def load(cls, tok_dir: str | Path, codebook_size: int | None = None) -> SidTable:
+        """The SIDs of a TOK dir. Its tokenizer.json is the one source of the codebook size;
+        `codebook_size` is the fallback for SID files without one (else the largest code + 1)."""
         table, codes = read_sids(tok_dir)
         ids = table.column("item_id").to_numpy()
         n = int(ids.max()) + 1
@@ -57,7 +60,11 @@ class SidTable:
         dedup[ids] = table.column("dedup").to_numpy()
         target = np.zeros(n, dtype=bool)
         target[ids] = table.column("kind").to_numpy(zero_copy_only=False).astype(str) == "ad"
-        k = codebook_size or int(codes.max()) + 1
+        meta = Path(tok_dir) / "tokenizer.json"
+        if meta.is_file():
+            k = int(read_json(meta)["config"]["codebook_size"])
+        else:
+            k = codebook_size or int(codes.max()) + 1
         return cls(full, dedup, k, target)
 
 

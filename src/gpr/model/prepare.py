@@ -3,18 +3,22 @@ the thought-token and content tables (`prepare`), and the positions a split eval
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from gpr.core.config import ModelConfig
 from gpr.core.errors import GprInputError
-from gpr.data.schema import load_dataset
+from gpr.core.run import CATALOGUE
+from gpr.data.schema import Dataset, load_dataset
 from gpr.model.journey import (
     Batch,
+    E,
     I,
     Journeys,
     SidTable,
@@ -31,6 +35,8 @@ from gpr.model.trie import Trie
 from gpr.tokenizer.embed import CACHE_DIR, MINILM_MODEL, embed_items, minilm_encoder
 from gpr.tokenizer.pipeline import saved_tokenizer_input
 
+TABLES = "catalogue.safetensors"
+
 
 @dataclass
 class Prepared:
@@ -43,6 +49,7 @@ class Prepared:
     item_topic: np.ndarray | None = None  # thought tokens: topic of every item
     thought_table: torch.Tensor | None = None  # (n_topics, dim) embedded thought texts
     content_table: torch.Tensor | None = None  # (n_items, dim) item content, by item id
+    catalogue: Catalogue | None = None  # what the fields above came from (saved with a run)
 
     def batch(
         self,
@@ -75,17 +82,106 @@ class Prepared:
         return list(self.trie.sizes)
 
 
-def prepare(
-    data_dir: str | Path,
-    sids_dir: str | Path,
-    mcfg: ModelConfig,
-    codebook_size: int,
-    thought_encoder: Callable[[list[str]], np.ndarray] | None = None,
-) -> Prepared:
-    """Dataset + SIDs -> journeys, targets, trie (and the thought-token table when enabled)."""
-    ds = load_dataset(data_dir)
-    j = build_journeys(ds)
-    sids = SidTable.load(sids_dir, codebook_size)
+@dataclass
+class Catalogue:
+    """What a model needs of the item catalogue, saved in its run (RUN/catalogue/): the semantic
+    IDs, the trie of generatable items, and the thought-token and content tables when enabled."""
+
+    sids: SidTable
+    trie: Trie
+    sids_dir: Path  # where sids.parquet and tokenizer.json are
+    item_topic: np.ndarray | None = None  # thought tokens: topic of every item
+    thought_table: torch.Tensor | None = None  # (n_topics, dim) embedded thought texts
+    content_table: torch.Tensor | None = None  # (n_items, dim) item content, by item id
+
+    @property
+    def level_sizes(self) -> list[int]:
+        return list(self.trie.sizes)
+
+    @classmethod
+    def build(
+        cls,
+        ds: Dataset,
+        sids_dir: str | Path,
+        mcfg: ModelConfig,
+        codebook_size: int | None = None,
+        thought_encoder: Callable[[list[str]], np.ndarray] | None = None,
+    ) -> Catalogue:
+        """From a dataset and its SIDs (training): embeds what the model's inputs need."""
+        sids_dir = Path(sids_dir)
+        sids = SidTable.load(sids_dir, codebook_size)
+        check_covers(sids, ds, sids_dir)
+        cat = cls(sids, _trie(sids), sids_dir)
+        if mcfg.thought_tokens > 0:
+            cat.item_topic, phrases = item_topics(ds)
+            if thought_encoder is not None:
+                table = topic_table(phrases, thought_encoder)
+            else:
+                table = cached_topic_table(
+                    ds.root / CACHE_DIR, phrases, minilm_encoder, MINILM_MODEL
+                )
+            cat.thought_table = torch.from_numpy(table)
+        if mcfg.content_input or mcfg.item_head:
+            emb = embed_items(ds.root)
+            x = emb.matrix
+            if mcfg.content_source == "tokenizer":
+                x = saved_tokenizer_input(ds.root, sids_dir, emb)
+            table = np.zeros((len(sids.codes), x.shape[1]), dtype=np.float32)
+            table[np.asarray(emb.item_ids)] = x
+            cat.content_table = torch.from_numpy(table)
+        return cat
+
+    def save(self, run_dir: Path) -> None:
+        """Write RUN/catalogue/: the tokenizer's files (SIDs, its config and weights) and
+        catalogue.safetensors."""
+        out = run_dir / CATALOGUE
+        out.mkdir(parents=True, exist_ok=True)
+        for f in self.sids_dir.iterdir():
+            if f.is_file() and f.name != TABLES:
+                shutil.copy2(f, out / f.name)
+        tensors = {
+            k: v
+            for k, v in (
+                (
+                    "item_topic",
+                    None if self.item_topic is None else torch.from_numpy(self.item_topic),
+                ),
+                ("thought_table", self.thought_table),
+                ("content_table", self.content_table),
+            )
+            if v is not None
+        }
+        save_file({k: v.contiguous() for k, v in tensors.items()}, str(out / TABLES))
+
+    @classmethod
+    def load(cls, path: Path) -> Catalogue:
+        """RUN/catalogue/ as saved; reads no dataset."""
+        sids = SidTable.load(path)
+        f = path / TABLES
+        if not f.is_file():
+            raise GprInputError("file not found", file=f)
+        try:
+            t = load_file(str(f))
+        except Exception as e:  # safetensors raises its own error types
+            raise GprInputError(f"not a safetensors file ({e})", file=f) from None
+        topic = t.get("item_topic")
+        return cls(
+            sids,
+            _trie(sids),
+            path,
+            None if topic is None else topic.numpy(),
+            t.get("thought_table"),
+            t.get("content_table"),
+        )
+
+
+def _trie(sids: SidTable) -> Trie:
+    ads = np.nonzero(sids.is_target)[0]
+    sizes = [sids.codebook_size] * sids.levels + [int(sids.dedup[ads].max()) + 1]
+    return Trie(np.c_[sids.codes[ads], sids.dedup[ads]], sizes, ads)
+
+
+def check_covers(sids: SidTable, ds: Dataset, sids_dir: Path) -> None:
     ids = ds.col("items", "item_id")
     if len(sids.codes) <= ids.max() or (sids.codes[ids] < 0).any():
         raise GprInputError(
@@ -93,30 +189,40 @@ def prepare(
             file=sids_dir,
             field="item_id",
         )
+
+
+def with_journeys(cat: Catalogue, ds: Dataset, mcfg: ModelConfig) -> Prepared:
+    """A catalogue and a dataset's journeys -> targets and prediction positions."""
+    check_covers(cat.sids, ds, cat.sids_dir)
+    j = build_journeys(ds)
     targets = next_targets(j, mcfg.mtp_heads)
     pm = prediction_mask(j, targets)
-    ads = np.nonzero(sids.is_target)[0]
-    sizes = [sids.codebook_size] * sids.levels + [int(sids.dedup[ads].max()) + 1]
-    trie = Trie(np.c_[sids.codes[ads], sids.dedup[ads]], sizes, ads)
-    prep = Prepared(j, sids, trie, targets, pm, engaged_only=bool((j.ttype == 2).any()))
-    if mcfg.thought_tokens > 0:
-        prep.item_topic, phrases = item_topics(ds)
-        if thought_encoder is not None:
-            table = topic_table(phrases, thought_encoder)
-        else:
-            table = cached_topic_table(
-                Path(data_dir) / CACHE_DIR, phrases, minilm_encoder, MINILM_MODEL
-            )
-        prep.thought_table = torch.from_numpy(table)
-    if mcfg.content_input or mcfg.item_head:
-        emb = embed_items(data_dir)
-        x = emb.matrix
-        if mcfg.content_source == "tokenizer":
-            x = saved_tokenizer_input(data_dir, sids_dir, emb)
-        table = np.zeros((len(sids.codes), x.shape[1]), dtype=np.float32)
-        table[np.asarray(emb.item_ids)] = x
-        prep.content_table = torch.from_numpy(table)
-    return prep
+    return Prepared(
+        j,
+        cat.sids,
+        cat.trie,
+        targets,
+        pm,
+        engaged_only=bool((j.ttype == E).any()),
+        item_topic=cat.item_topic,
+        thought_table=cat.thought_table,
+        content_table=cat.content_table,
+        catalogue=cat,
+    )
+
+
+def prepare(
+    data_dir: str | Path,
+    sids_dir: str | Path,
+    mcfg: ModelConfig,
+    codebook_size: int | None = None,
+    thought_encoder: Callable[[list[str]], np.ndarray] | None = None,
+) -> Prepared:
+    """Dataset + SIDs -> the model inputs (with the catalogue a run saves)."""
+    ds = load_dataset(data_dir)
+    return with_journeys(
+        Catalogue.build(ds, sids_dir, mcfg, codebook_size, thought_encoder), ds, mcfg
+    )
 
 
 def eval_positions(prep: Prepared, split: str, limit: int | None, seed: int) -> np.ndarray:

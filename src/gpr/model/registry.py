@@ -5,81 +5,77 @@ baselines of model/baselines/."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors.torch import load_file
 
-from gpr.core.config import GprConfig, ModelConfig
+from gpr.core.config import GprConfig, ModelConfig, model_overrides
 from gpr.core.errors import GprInputError
-from gpr.core.io import read_json
+from gpr.core.io import atomic_dir, read_json
+from gpr.core.run import INFO, MANIFEST, Run, seal
 from gpr.core.runtime import torch_device
+from gpr.data.schema import load_dataset
 from gpr.model.baselines import TIGER, SASRec
 from gpr.model.gpr import GPRModel
-from gpr.model.prepare import Prepared, prepare
+from gpr.model.prepare import Catalogue, Prepared, with_journeys
 
 MODELS = ("gpr", "hstu", "tiger", "sasrec")
 Recommender = GPRModel | TIGER | SASRec
 
 
 def model_config_for(name: str, cfg: ModelConfig) -> ModelConfig:
-    """`hstu`: the paper's baseline, every HHD component off and a single next-token head.
-
-    `tiger` / `sasrec` get the same settings (they read only d_model, layers, heads, dropout and
-    max_len; one head, so one next-item target per position).
-    """
+    """The model section for `name`: GPR's as it is; the baselines' from their config files
+    (gpr/configs/models/NAME.yaml: the fields each one sets over the preset's)."""
     if name not in MODELS:
         raise GprInputError(
             f"unknown model '{name}' (choose from {', '.join(MODELS)})", field="model"
         )
     if name == "gpr":
         return cfg
-    return cfg.model_copy(
-        update=dict(
-            hybrid_attention=False,
-            token_aware_ln=False,
-            token_aware_ffn=False,
-            mor_extra=0,
-            thought_tokens=0,
-            thinking_tokens=0,
-            refining=False,
-            hte=False,
-            mtp_heads=1,
-            mtp_weights=None,
-        )
-    )
+    return ModelConfig.model_validate({**cfg.model_dump(), **model_overrides(name)})
 
 
-def build_model(prep: Prepared, mcfg: ModelConfig, name: str = "gpr") -> Recommender:
-    """GPRModel for gpr/hstu, else the named baseline."""
+def build_model(cat: Catalogue | Prepared, mcfg: ModelConfig, name: str = "gpr") -> Recommender:
+    """GPRModel for gpr/hstu, else the named baseline, sized by the catalogue."""
     if name == "tiger":
-        return TIGER(mcfg, prep.sids.levels, prep.sids.codebook_size, prep.level_sizes[-1])
+        return TIGER(mcfg, cat.sids.levels, cat.sids.codebook_size, cat.level_sizes[-1])
     if name == "sasrec":
-        return SASRec(mcfg, len(prep.sids.codes))
-    table = prep.thought_table if mcfg.thought_tokens > 0 else None
+        return SASRec(mcfg, len(cat.sids.codes))
+    table = cat.thought_table if mcfg.thought_tokens > 0 else None
     return GPRModel(
         mcfg,
-        prep.sids.levels,
-        prep.sids.codebook_size,
-        prep.level_sizes[-1],
+        cat.sids.levels,
+        cat.sids.codebook_size,
+        cat.level_sizes[-1],
         table,
-        n_items=len(prep.sids.codes),
-        content=prep.content_table,
+        n_items=len(cat.sids.codes),
+        content=cat.content_table,
     )
+
+
+def load_model(run: Run, device: str = "cpu") -> tuple[Recommender, Catalogue]:
+    """A generative run's model and catalogue, from the run directory alone."""
+    if run.model not in MODELS:
+        raise GprInputError(
+            f"not a generative run (model {run.model!r})", file=run.path / "run.json", field="model"
+        )
+    cat = Catalogue.load(run.catalogue)
+    model = build_model(cat, run.model_config, run.model)
+    load_weights(model, run.path)
+    return model.to(torch_device(device)), cat
 
 
 def load_run(
-    run_dir: str | Path, device: str = "cpu"
+    run_dir: str | Path, data_dir: str | Path | None = None, device: str = "cpu"
 ) -> tuple[Recommender, Prepared, dict[str, Any]]:
-    run_dir = Path(run_dir)
-    info = read_json(run_dir / "run.json")
-    mcfg = ModelConfig.model_validate(info["model_config"])
-    codebook = GprConfig.model_validate(info["config"]).tokenizer.codebook_size
-    prep = prepare(info["data"], info["sids"], mcfg, codebook)
-    model = build_model(prep, mcfg, info.get("model", "gpr"))
-    load_weights(model, run_dir)
-    return model.to(torch_device(device)), prep, info
+    """A generative run with the journeys of `data_dir` (default: the dataset it was trained on)."""
+    run = Run.load(run_dir)
+    model, cat = load_model(run, device)
+    prep = with_journeys(cat, load_dataset(run.data(data_dir)), run.model_config)
+    return model, prep, run.info
 
 
 OPTIONAL_KEYS = ("hte.critic",)  # added after MTP runs were first saved; HEPO trains them
@@ -100,3 +96,29 @@ def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
             file=path,
             field=bad,
         )
+
+
+def convert_run(
+    old: str | Path, out: str | Path, data: str | Path | None = None, sids: str | Path | None = None
+) -> dict[str, Any]:
+    """A run of the layout before manifest.json -> the current layout in `out`: its files, plus
+    for a generative run the catalogue rebuilt from its dataset and SIDs (or `data` / `sids`)."""
+    old = Path(old)
+    if (old / MANIFEST).is_file():
+        raise GprInputError("already in the current layout (it has manifest.json)", file=old)
+    if not (old / INFO).is_file():
+        raise GprInputError("not a run directory (no run.json)", file=old)
+    info = read_json(old / INFO)
+    with atomic_dir(out, overwrite=False) as tmp:
+        for f in old.iterdir():
+            if f.is_file() and f.name != INFO:
+                shutil.copy2(f, tmp / f.name)
+        if info.get("model") in MODELS:
+            data_dir = Path(data if data is not None else info["data"]).resolve()
+            sids_dir = Path(sids if sids is not None else info["sids"]).resolve()
+            codebook = GprConfig.model_validate(info["config"]).tokenizer.codebook_size
+            mcfg = ModelConfig.model_validate(info["model_config"])
+            Catalogue.build(load_dataset(data_dir), sids_dir, mcfg, codebook).save(tmp)
+            info.update(data=str(data_dir), sids=str(sids_dir))
+        info = seal(tmp, {**info, "converted_from": str(old.resolve())})
+    return info

@@ -2,9 +2,9 @@
 
 For each request the model reads the journey up to (and including) the request's E token, then
 decodes inside the trie of the ads eligible for that request; every generated ad exists and may be
-shown. The union of the MTP heads' beams is ranked by the run's `serve.rank_by`: `logprob` (the
-path log-probability, plus `serve.bid_weight` x log bid and `serve.hte_weight` x log HTE value)
-or `value` (bid x HTE pCTR x HTE pCVR alone, the model's own auction: spec §5).
+shown. The union of the MTP heads' beams is ranked by the run's `serve.score`, a weighted sum of
+log p(ad), log bid and log(bid x HTE pCTR x HTE pCVR) (the last alone is the model's own auction,
+spec §5); the default is the model's order as it is.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from gpr.market.policy import Ranked, RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch, E
 from gpr.model.registry import load_run
-from gpr.policy.hte_features import ItemTopics, ad_bids, bid_tilted, hte_side_features
+from gpr.policy.hte_features import ItemTopics, ad_bids, hte_side_features
 
 
 class GenerativePolicy:
@@ -29,26 +29,25 @@ class GenerativePolicy:
         run_dir: Path,
         data_dir: Path,
         beam: int | None = None,
-        rank_by: str | None = None,
         overrides: list[str] | None = None,
     ) -> None:
         """`overrides`: `serve.field=value` items over the run's serve section."""
-        self.model, self.prep, info = load_run(run_dir)
+        self.model, self.prep, info = load_run(run_dir, data_dir)
         self.model.eval()
         serve = serve_config(info["config"], overrides)
-        self.rank_by = rank_by or serve.rank_by
-        if self.rank_by not in ("logprob", "value"):
-            raise GprInputError(f"unknown ranking '{self.rank_by}'", field="serve.rank_by")
-        by_logp = self.rank_by == "logprob"
-        self.bid_weight = serve.bid_weight if by_logp else 0.0
-        self.hte_weight = serve.hte_weight if by_logp else 0.0
-        if (self.rank_by == "value" or self.hte_weight) and not (
+        self.score = serve.score
+        if self.score.log_hte_value and not (
             isinstance(self.model, GPRModel) and self.model.hte is not None
         ):
-            raise GprInputError("ranking by value needs a run with HTE", file=run_dir, field="hte")
-        suffix = "+value" if self.rank_by == "value" else ""
-        suffix += f"+bid{self.bid_weight:g}" if self.bid_weight else ""
-        suffix += f"+hte{self.hte_weight:g}" if self.hte_weight else ""
+            raise GprInputError(
+                "ranking by HTE value needs a run with HTE",
+                file=run_dir,
+                field="serve.score.log_hte_value",
+            )
+        terms = {k: w for k, w in self.score.model_dump().items() if w}
+        suffix = (
+            "" if terms == {"logp": 1.0} else "+" + "+".join(f"{k}{w:g}" for k, w in terms.items())
+        )
         self.name = f"{info['model']}:{Path(run_dir).name}{suffix}"
         self.beam = beam or serve.beam or int(info["config"]["train"]["beam"])
         j = self.prep.journeys
@@ -73,16 +72,8 @@ class GenerativePolicy:
         b = prep.at_requests(pos, max_len, getattr(self.model.cfg, "thought_tokens", 0))
         cols = self._columns(batch)
         elig = np.where(cols[None, :] >= 0, batch.eligible[:, np.maximum(cols, 0)], False)
-        items, scores = self.model.generate(b, prep.trie, self.beam, torch.from_numpy(elig))
-        if self.rank_by == "value":
-            items, scores = self._by_value(b, items, batch)
-        else:
-            if self.hte_weight:
-                value = self._hte_value(b, items, batch)
-                items, scores = bid_tilted(items, scores, value, self.hte_weight)
-            if self.bid_weight:
-                bid = ad_bids(items, batch.ads)
-                items, scores = bid_tilted(items, scores, bid, self.bid_weight)
+        items, logp = self.model.generate(b, prep.trie, self.beam, torch.from_numpy(elig))
+        items, scores = self._ranked(b, items, logp, batch)
         m = min(batch.m, items.shape[1])
         ads = items[:, :m].numpy()
         values = np.where(ads >= 0, scores[:, :m].numpy(), np.nan)
@@ -98,11 +89,19 @@ class GenerativePolicy:
         ctr, cvr = self.model.hte_probs(b, codes, side)
         return torch.where(items >= 0, ad_bids(items, batch.ads) * ctr * cvr, 0.0)
 
-    def _by_value(
-        self, b: Batch, items: torch.Tensor, batch: RequestBatch
+    def _ranked(
+        self, b: Batch, items: torch.Tensor, logp: torch.Tensor, batch: RequestBatch
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Re-rank the candidates by bid x HTE pCTR x HTE pCVR (expected revenue)."""
-        value = self._hte_value(b, items, batch)
-        value = torch.where(items >= 0, value, -torch.inf)
-        order = value.argsort(dim=1, descending=True)
-        return items.gather(1, order), value.gather(1, order)
+        """Candidates in order of the serving score (-1 items last), with their scores."""
+        w = self.score
+        if w.logp == 1.0 and not w.log_bid and not w.log_hte_value:
+            return items, logp  # the beam's own order
+        total = w.logp * logp if w.logp else torch.zeros_like(logp)
+        if w.log_hte_value:
+            value = self._hte_value(b, items, batch)
+            total = total + w.log_hte_value * value.clamp(min=1e-12).log()
+        if w.log_bid:
+            total = total + w.log_bid * ad_bids(items, batch.ads).clamp(min=1e-12).log()
+        total = torch.where(items >= 0, total, -torch.inf)
+        order = total.argsort(dim=1, descending=True, stable=True)
+        return items.gather(1, order), total.gather(1, order)

@@ -31,7 +31,8 @@ from tqdm import tqdm
 from gpr.cascade.simulator import Simulator
 from gpr.core.config import AlignConfig, GprConfig, ModelConfig
 from gpr.core.errors import GprInputError
-from gpr.core.io import atomic_dir, read_json, write_json
+from gpr.core.io import atomic_dir, read_json
+from gpr.core.run import copy_catalogue, seal
 from gpr.core.runtime import set_threads
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch, positions_for_split
@@ -376,5 +377,6 @@ def align(
             last_reward=float(np.mean([r["reward"] for r in log[-ac.eval_every :]])),
             seconds=round(time.perf_counter() - t0, 1),
         )
-        write_json(tmp / "run.json", info)
+        copy_catalogue(init, tmp)
+        info = seal(tmp, info)
     return info

@@ -3,9 +3,9 @@
 HTE's pCTR / pCVR heads (spec §3.3) are refitted, with everything else frozen, to the
 simulator's pCTR / pCVR (soft BCE targets) of the ads GPR itself proposes: the union of the MTP
 heads' beams on sampled train requests. Afterwards GPR ranks its union alone by
-log p + `serve.hte_weight` · log(bid × HTE pCTR × HTE pCVR) — the product of the imitation prior
-and the learned value that `benchmarks/bid_serving.py --judge simulator` serves with the
-simulator itself (docs/results/stages_analysis.md §7).
+log p + `serve.score.log_hte_value` · log(bid × HTE pCTR × HTE pCVR) — the product of the
+imitation prior and the learned value that `experiments/business/bid_serving.py --judge
+simulator` serves with the simulator itself (docs/results/log/stages_analysis.md §7).
 
     gpr train --stage hte --init VAFT --simulator CASCADE_RUN --out RUN_HTE
 
@@ -20,7 +20,6 @@ HTE's value orders as the simulator's does (`pair_agreement`).
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,8 @@ from safetensors.torch import save_file
 from gpr.cascade.simulator import Simulator
 from gpr.core.config import GprConfig
 from gpr.core.errors import GprInputError
-from gpr.core.io import atomic_dir, write_json
+from gpr.core.io import atomic_dir
+from gpr.core.run import copy_catalogue, seal
 from gpr.core.runtime import set_threads
 from gpr.model.gpr import GPRModel
 from gpr.model.hte import side_width
@@ -209,9 +209,7 @@ def distill_hte(
             best = {"agreement": agree, "epoch": ep}
             state = {k: v.clone() for k, v in model.state_dict().items()}
     with atomic_dir(out) as tmp:
-        for f in Path(init).iterdir():
-            if f.is_file() and f.name not in ("model.safetensors", "run.json", "metrics.jsonl"):
-                shutil.copy2(f, tmp / f.name)
+        copy_catalogue(init, tmp)
         save_file(
             {k: v.contiguous().cpu() for k, v in state.items()}, str(tmp / "model.safetensors")
         )
@@ -231,5 +229,5 @@ def distill_hte(
             train_requests=len(train_c),
             seconds=round(time.perf_counter() - t0, 1),
         )
-        write_json(tmp / "run.json", info)
+        info = seal(tmp, info)
     return info

@@ -17,23 +17,26 @@ import torch
 from safetensors.torch import save_file
 from tqdm import tqdm
 
-from gpr.core.config import GprConfig, ModelConfig
-from gpr.core.io import atomic_dir, read_json, write_json
+from gpr.core.config import GprConfig
+from gpr.core.errors import GprInputError
+from gpr.core.io import atomic_dir
+from gpr.core.run import Run, seal
 from gpr.core.runtime import set_threads, torch_device
+from gpr.data.schema import load_dataset
 from gpr.model.journey import (
     SPLIT_CODE,
     make_windows,
     positions_for_split,
     target_rows,
 )
-from gpr.model.prepare import Prepared, eval_positions, prepare
+from gpr.model.prepare import Catalogue, Prepared, eval_positions, prepare, with_journeys
 from gpr.model.registry import build_model, load_weights, model_config_for
 from gpr.model.retrieve import evaluate
 
 
 def train(
     data_dir: str | Path,
-    sids_dir: str | Path,
+    sids_dir: str | Path | None,
     cfg: GprConfig,
     out: str | Path,
     model_name: str = "gpr",
@@ -52,13 +55,15 @@ def train(
     set_threads(tc.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    init_info = read_json(Path(init) / "run.json") if init is not None else None
-    if init_info is not None:
-        model_name = init_info["model"]
-        mcfg = ModelConfig.model_validate(init_info["model_config"])
+    if init is not None:  # its model, model config and catalogue
+        start = Run.load(init)
+        model_name, mcfg = start.model, start.model_config
+        prep = with_journeys(Catalogue.load(start.catalogue), load_dataset(data_dir), mcfg)
     else:
+        if sids_dir is None:
+            raise GprInputError("--sids TOK is required for generative models", field="sids")
         mcfg = model_config_for(model_name, cfg.model)
-    prep = prepare(data_dir, sids_dir, mcfg, cfg.tokenizer.codebook_size)
+        prep = prepare(data_dir, sids_dir, mcfg, cfg.tokenizer.codebook_size)
     tok_w = token_weight(prep) if token_weight is not None else None
     dev = torch_device(tc.device)
     j = prep.journeys
@@ -135,8 +140,8 @@ def train(
                 break
         summary = {
             "model": model_name,
-            "data": str(data_dir),
-            "sids": str(sids_dir),
+            "data": str(Path(data_dir).resolve()),
+            "sids": str(Path(sids_dir).resolve()) if sids_dir is not None else None,
             "config": cfg.model_dump(mode="json"),
             "model_config": mcfg.model_dump(mode="json"),
             "level_sizes": prep.level_sizes,
@@ -151,8 +156,10 @@ def train(
             "stage": "mtp",
             **(meta or {}),
         }
-        write_json(tmp / "run.json", summary)
         plot_losses(log, tmp / "loss.png")
+        assert prep.catalogue is not None
+        prep.catalogue.save(tmp)
+        summary = seal(tmp, summary)
     return summary
 
 
