@@ -9,7 +9,13 @@ from typing import Any
 import pytest
 import torch
 
+from gpr.cascade.simulator import Simulator
+from gpr.cascade.train import train_cascade
 from gpr.core.config import load_config
+from gpr.model.gpr import GPRModel
+from gpr.model.prepare import Prepared
+from gpr.model.registry import load_run
+from gpr.train import mtp
 from gpr.world import generate_world
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +82,29 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     return subprocess.run(
         [sys.executable, "-m", "gpr.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT
     )
+
+
+# --- a tiny MTP run and a tiny cascade (the simulator), trained once per session ------------
+@pytest.fixture(scope="session")
+def runs(
+    tiny_world: Path, tiny_sids: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[Path, Path]:
+    """The tiny MTP run and the tiny cascade (the simulator), trained once per test session."""
+    root = tmp_path_factory.mktemp("align")
+    cfg = load_config("tiny")
+    mtp.train(tiny_world, tiny_sids, cfg, root / "mtp", "gpr", progress=False)
+    train_cascade(tiny_world, cfg.cascade, 7, root / "cascade")
+    return root / "mtp", root / "cascade"
+
+
+@pytest.fixture(scope="session")
+def loaded(runs: tuple[Path, Path]) -> tuple[GPRModel, Prepared]:
+    """The tiny MTP run's model (eval mode) and its prepared journeys."""
+    model, prep, _ = load_run(runs[0])
+    assert isinstance(model, GPRModel)
+    return model.eval(), prep
+
+
+@pytest.fixture(scope="session")
+def sim(runs: tuple[Path, Path], tiny_world: Path) -> Simulator:
+    return Simulator(runs[1], tiny_world)

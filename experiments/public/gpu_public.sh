@@ -24,7 +24,7 @@ LOGS=$WORK/logs_$TAG
 mkdir -p "$OUT" "$LOGS"
 export PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 
-common=(--preset small --work "$WORK" --set train.batch_size=256 --set train.threads=1
+common=(--preset small --work "$WORK" --set train.batch_size=256 --set runtime.threads=1
   --set train.lr=3e-3 --set train.eval_every=2 --set train.patience=4
   --set train.max_eval_requests=3000 --set tokenizer.balanced=true --set tokenizer.collab_dim=64
   --set model.content_input=true --set model.mtp_heads=1 --set model.refining=false

@@ -141,7 +141,7 @@ def glm_oracles(data: SimData) -> dict[str, float]:
     session-topic features and one truth column each (train impressions fit them)."""
     cfg = cascade_config("small")
     cat = Catalog.from_logs(data.logs, cfg)
-    emb = FeatureEmbedder(cat, len(data.logs.users.age_band), 4, 0.0)
+    emb = FeatureEmbedder(cat, 4, 0.0)
     split: dict[str, dict[str, np.ndarray]] = {}
     for name in ("train", "test"):
         imp = impressions(data.logs, cat, name, cfg)
@@ -172,8 +172,7 @@ def glm_oracles(data: SimData) -> dict[str, float]:
 
 
 def ranker_fit(c: Cascade, logs: LogData, x: np.ndarray, session: np.ndarray) -> dict[str, Any]:
-    """The ranker's test AUC, the least-squares fit of its logit on the true terms x, and (when
-    it has one) the correlation of its session-intent feature with the true session term. The
+    """The ranker's test AUC and the least-squares fit of its logit on the true terms x. The
     test impressions are featurised with the cascade's own catalogue (its session topics)."""
     imp = impressions(logs, c.cat, "test", c.cfg)
     ours = _logit(predict(c.ranking, imp)[0])
@@ -185,12 +184,6 @@ def ranker_fit(c: Cascade, logs: LogData, x: np.ndarray, session: np.ndarray) ->
         "coef": {k: float(b) for k, b in zip(TERMS, coef, strict=False)},
         "r2": float(1 - ((ours - x @ coef) ** 2).mean() / ours.var()),
     }
-    if c.ranking.intent is not None:
-        e = c.ranking.emb
-        with torch.no_grad():
-            q = c.ranking.intent.query(e.content, e.subtopic, imp.req.tensors())
-            f = (e.content[e.ad_row[torch.from_numpy(imp.ad)]] * q).sum(-1).numpy()
-        out["intent_corr_session"] = float(np.corrcoef(f, session)[0, 1])
     return out
 
 
@@ -284,20 +277,17 @@ def report(args: argparse.Namespace, res: list[dict[str, Any]]) -> str:
     lines += [
         "",
         "Per seed: each ranker's AUC with its bootstrap sd (200 resamples of the impressions), the"
-        f" paired bootstrap sd of its AUC difference to `{args.runs[0]}`, and the correlation of"
-        " its session-intent feature (if any) with the true session term:",
+        f" paired bootstrap sd of its AUC difference to `{args.runs[0]}`:",
         "",
-        "| ranker | seed | AUC | AUC sd | AUC − first | sd of the difference | intent corr |",
-        "|---|---|---|---|---|---|---|",
+        "| ranker | seed | AUC | AUC sd | AUC − first | sd of the difference |",
+        "|---|---|---|---|---|---|",
     ]
     for run in args.runs:
         for r in res:
             f, base = r["rankers"][run], r["rankers"][args.runs[0]]["auc"]
-            corr = f.get("intent_corr_session")
             lines.append(
                 f"| `{run}` | {r['seed']} | {f['auc']:.4f} | {f['auc_sd']:.4f} | "
-                f"{f['auc'] - base:+.4f} | {f['auc_diff_sd']:.4f} | "
-                f"{'' if corr is None else f'{corr:.3f}'} |"
+                f"{f['auc'] - base:+.4f} | {f['auc_diff_sd']:.4f} |"
             )
     if all("glm" in r for r in res):
         lines += [

@@ -216,7 +216,7 @@ def train_cmd(
     if model == "cascade":
         from gpr.cascade.train import train_cascade
 
-        _print_json(train_cascade(data, cfg.cascade, cfg.seed, out))
+        _print_json(train_cascade(data, cfg.cascade, cfg.seed, out, threads=cfg.runtime.threads))
         return
     from gpr.model.registry import MODELS
     from gpr.train.mtp import train

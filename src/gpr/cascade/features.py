@@ -5,7 +5,7 @@
   its age in seconds (so a model can tell the current session from older ones); the organic items
   of the current session are those less than ~30 minutes old. A longer profile: the subtopics of
   the last `n_long` organic items and the mean of their content embeddings.
-- User: demographics (age band, gender, region, activity tier) and a user-id embedding.
+- User: demographics (age band, gender, region, activity tier).
 - Environment: scene, slot, device, hour.
 - Ad: an ad-id embedding (dropped out in training so that content carries new ads), the item's
   content `embedding` (a frozen table from items.parquet) through a learned linear projection,
@@ -302,11 +302,8 @@ class FeatureEmbedder(nn.Module):
     topic_affinity: torch.Tensor
     topic_centroid: torch.Tensor
 
-    def __init__(
-        self, cat: Catalog, n_users: int, dim: int, id_dropout: float, user_id: bool = True
-    ) -> None:
+    def __init__(self, cat: Catalog, dim: int, id_dropout: float) -> None:
         super().__init__()
-        self.use_user_id = user_id
         self.register_buffer("content", torch.from_numpy(cat.content), persistent=False)
         self.register_buffer("subtopic", torch.from_numpy(cat.subtopic), persistent=False)
         self.register_buffer("category", torch.from_numpy(cat.category), persistent=False)
@@ -328,16 +325,14 @@ class FeatureEmbedder(nn.Module):
         self.sub = nn.Embedding(int(cat.subtopic.max()) + 1, dim, padding_idx=0)
         self.cat = nn.Embedding(int(cat.category.max()) + 1, dim, padding_idx=0)
         self.ad_id = nn.Embedding(cat.n_ads + 1, dim, padding_idx=0)
-        self.user_id = nn.Embedding(n_users + 1, dim, padding_idx=0)
         self.gap = nn.Embedding(N_GAP + 1, dim, padding_idx=0)
         self.action = nn.Embedding(4, dim, padding_idx=0)
         self.demo = nn.ModuleList(nn.Embedding(n, dim) for n in DEMO_SIZES)
         self.env = nn.ModuleList(nn.Embedding(n, dim) for n in ENV_SIZES)
         self.age = nn.Embedding(N_AGE, dim)
-        for e in (self.ad_id, self.user_id):
-            nn.init.normal_(e.weight, std=0.01)
-            with torch.no_grad():
-                e.weight[0].zero_()
+        nn.init.normal_(self.ad_id.weight, std=0.01)
+        with torch.no_grad():
+            self.ad_id.weight[0].zero_()
 
     def _drop(self, ids: torch.Tensor) -> torch.Tensor:
         if self.training and self.id_dropout > 0:
@@ -376,7 +371,7 @@ class FeatureEmbedder(nn.Module):
     def user(self, r: dict[str, torch.Tensor]) -> torch.Tensor:
         d = r["demo"]
         u = sum(emb(d[:, i]) for i, emb in enumerate(self.demo))
-        return u + self.user_id(self._drop(r["user"])) if self.use_user_id else u
+        return u
 
     def environment(self, r: dict[str, torch.Tensor]) -> torch.Tensor:
         e = r["env"]

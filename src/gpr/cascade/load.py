@@ -11,6 +11,7 @@ from gpr.cascade.config import CascadeConfig
 from gpr.cascade.features import Catalog
 from gpr.cascade.ranking import RankingModel
 from gpr.cascade.retrieval import RetrievalModel
+from gpr.core.config import upgrade
 from gpr.core.errors import GprInputError
 from gpr.core.io import file_sha256
 from gpr.core.run import Run
@@ -24,6 +25,9 @@ class Cascade:
     ranking: RankingModel
     retrieval: RetrievalModel
     meta: dict[str, object]
+
+
+RETIRED_TENSORS = ("emb.user_id.",)
 
 
 def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
@@ -44,16 +48,19 @@ def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
         "topic_half_life_days": 0.0,
         "session_gap_seconds": 0,
     }
-    cfg = CascadeConfig.model_validate({**legacy, **meta["config"]})
+    saved = upgrade({"cascade": meta["config"]})["cascade"]
+    cfg = CascadeConfig.model_validate({**legacy, **saved})
     cat = Catalog.from_logs(logs, cfg)
-    n_users = int(meta["n_users"])
-    ranking = RankingModel(cat, n_users, cfg)
-    retrieval = RetrievalModel(cat, n_users, cfg)
+    ranking = RankingModel(cat, cfg)
+    retrieval = RetrievalModel(cat, cfg)
     for model, name in ((ranking, "ranking"), (retrieval, "retrieval")):
         path = run_dir / f"{name}.safetensors"
         if not path.exists():
             raise GprInputError("file not found", file=path)
-        model.load_state_dict(load_file(str(path)))
+        state = load_file(str(path))
+        # runs saved before cascade.user_id was retired hold its (unused) table
+        state = {k: v for k, v in state.items() if not k.startswith(RETIRED_TENSORS)}
+        model.load_state_dict(state)
         model.eval()
     ranking.deep = bool(meta.get("ranking_deep", cfg.deep))
     return Cascade(cfg, cat, ranking, retrieval, meta)

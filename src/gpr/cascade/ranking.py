@@ -36,7 +36,6 @@ from torch import nn
 
 from gpr.cascade.config import CascadeConfig
 from gpr.cascade.features import ENV_SIZES, N_MATCH, Catalog, FeatureEmbedder, match_features
-from gpr.cascade.intent import SessionIntent
 from gpr.cascade.topics import N_TOPIC
 
 
@@ -75,31 +74,20 @@ def mlp(sizes: list[int], dropout: float = 0.0) -> nn.Sequential:
 
 
 class RankingModel(nn.Module):
-    def __init__(self, cat: Catalog, n_users: int, cfg: CascadeConfig) -> None:
+    def __init__(self, cat: Catalog, cfg: CascadeConfig) -> None:
         super().__init__()
         d, h = cfg.dim, cfg.hidden
-        self.emb = FeatureEmbedder(cat, n_users, d, cfg.id_dropout, cfg.user_id)
+        self.emb = FeatureEmbedder(cat, d, cfg.id_dropout)
         self.att_o = TargetAttention(d, cfg.heads)
         self.att_i = TargetAttention(d, cfg.heads)
         self.deep = cfg.deep
-        # + the session-intent affinity (intent.py), + the session-topic features (topics.py)
-        n_match = N_MATCH + int(cfg.intent) + N_TOPIC * int(cfg.session_topics)
+        # + the session-topic features (topics.py)
+        n_match = N_MATCH + N_TOPIC * int(cfg.session_topics)
         self.trunk = nn.Sequential(mlp([11 * d + n_match, h, h], cfg.dropout), nn.ReLU())
         self.ctr = mlp([h, h // 2, 1])
         self.cvr = mlp([h, h // 2, 1])
         self.wide_ctr = nn.Linear(n_match, 1)
         self.wide_cvr = nn.Linear(n_match, 1)
-        self.intent = (
-            SessionIntent(
-                cat.content.shape[1],
-                len(cat.content),
-                int(cat.subtopic.max()) + 1,
-                n_users,
-                cfg.intent_hidden,
-            )
-            if cfg.intent
-            else None
-        )
         biases = [nn.Embedding(n, 1) for n in ENV_SIZES]
         for emb in biases:
             nn.init.zeros_(emb.weight)
@@ -135,8 +123,6 @@ class RankingModel(nn.Module):
             "env_bias": sum(emb(r["env"][:, i]) for i, emb in enumerate(self.env_bias)),  # (B, 1)
             **{f"r_{k}": v for k, v in r.items()},
         }
-        if self.intent is not None:
-            s["intent"] = self.intent.query(e.content, e.subtopic, r)  # (B, E)
         if self.deep:
             s.update(
                 o=e.organic_history(r),
@@ -157,9 +143,6 @@ class RankingModel(nn.Module):
         b, k = ads.shape
         r = {k[2:]: v for k, v in s.items() if k.startswith("r_")}
         m = match_features(self.emb, r, ads)
-        if self.intent is not None:
-            x_ad = self.emb.content[self.emb.ad_row[ads]]
-            m = torch.cat([m, torch.einsum("bke,be->bk", x_ad, s["intent"])[..., None]], -1)
         ctr = self.wide_ctr(m).squeeze(-1) + s["env_bias"]
         cvr = self.wide_cvr(m).squeeze(-1)
         if not self.deep:

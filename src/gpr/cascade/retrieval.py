@@ -22,10 +22,10 @@ from gpr.cascade.ranking import TargetAttention, mlp
 
 
 class RetrievalModel(nn.Module):
-    def __init__(self, cat: Catalog, n_users: int, cfg: CascadeConfig) -> None:
+    def __init__(self, cat: Catalog, cfg: CascadeConfig) -> None:
         super().__init__()
         d, h, r = cfg.dim, cfg.hidden, cfg.retrieval_dim
-        self.emb = FeatureEmbedder(cat, n_users, d, cfg.id_dropout, cfg.user_id)
+        self.emb = FeatureEmbedder(cat, d, cfg.id_dropout)
         self.query = nn.Parameter(torch.randn(1, 1, d) * 0.1)
         self.att_o = TargetAttention(d, cfg.heads)
         self.att_i = TargetAttention(d, cfg.heads)

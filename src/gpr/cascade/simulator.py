@@ -12,11 +12,12 @@ Decision (Eq. 5): final_value = eCPM / 1000 = bid x pCTR x pCVR, the expected re
 impression under oCPA billing; the auction's and the replay's currency. A synthetic (ARR) request
 reuses a real request's history and replaces its environment (scene, slot, device, hour).
 
-Support (`score(..., support=True)`; alignment with `align.support=true`): the ranking model was
-trained only on ads the logging cascade showed, i.e. ads its retrieval found relevant; on other ads
-it is badly optimistic (seed 7: 4-7x the true value on random eligible ads, calibrated on logged
-ones, docs/results/stages.md). The copied cascade ranks only what its own retrieval returns, so an
-ad outside the retrieval model's top `retrieval_k` of the request's eligible ads is worth 0.
+Support (`score(..., support=True)`, read by experiments/stages/simulator_gap.py): the ranking
+model was trained only on ads the logging cascade showed, i.e. ads its retrieval found relevant;
+on other ads it is badly optimistic (seed 7: 4-7x the true value on random eligible ads,
+calibrated on logged ones, docs/results/stages.md). The copied cascade ranks only what its own
+retrieval returns, so an ad outside the retrieval model's top `retrieval_k` of the request's
+eligible ads is worth 0.
 """
 
 from __future__ import annotations
@@ -30,7 +31,6 @@ import torch
 from gpr.cascade.features import ENV_SIZES, request_features
 from gpr.cascade.load import load_cascade
 from gpr.core.errors import GprInputError
-from gpr.core.runtime import limit_threads
 from gpr.market.ads import eligible_mask
 from gpr.market.journeys import LogData
 
@@ -72,13 +72,12 @@ class Simulator:
         if items.ndim != 2 or len(items) != len(request_ids):
             raise GprInputError("items must be (B, K) for B requests", field="items")
         out = [np.zeros(items.shape) for _ in range(3)] + [np.ones(items.shape, dtype=bool)]
-        with limit_threads(self.c.cfg.threads):
-            for lo in range(0, len(items), chunk):
-                sl = slice(lo, lo + chunk)
-                e = None if env is None else env[sl]
-                parts = self._score(np.asarray(request_ids)[sl], items[sl], e, support)
-                for k, v in enumerate(parts):
-                    out[k][sl] = v
+        for lo in range(0, len(items), chunk):
+            sl = slice(lo, lo + chunk)
+            e = None if env is None else env[sl]
+            parts = self._score(np.asarray(request_ids)[sl], items[sl], e, support)
+            for k, v in enumerate(parts):
+                out[k][sl] = v
         return Scores(*out)
 
     def _score(

@@ -26,9 +26,9 @@ from safetensors.torch import save_file
 
 from gpr.cascade.config import CascadeConfig
 from gpr.cascade.features import Catalog, Requests, request_features
-from gpr.cascade.intent import train_intent
 from gpr.cascade.ranking import RankingModel, esmm_loss
 from gpr.cascade.retrieval import RetrievalModel
+from gpr.core.config import RuntimeConfig
 from gpr.core.errors import GprInputError
 from gpr.core.io import atomic_dir, file_sha256
 from gpr.core.metrics import auc, gauc
@@ -274,9 +274,15 @@ def train_retrieval(
 
 
 def train_cascade(
-    data_dir: Path, cfg: CascadeConfig, seed: int, out: Path, logs: LogData | None = None
+    data_dir: Path,
+    cfg: CascadeConfig,
+    seed: int,
+    out: Path,
+    logs: LogData | None = None,
+    threads: int | None = RuntimeConfig().threads,
 ) -> dict[str, Any]:
-    """Train retrieval and ranking on `data_dir`'s train days; write the run directory `out`."""
+    """Train retrieval and ranking on `data_dir`'s train days; write the run directory `out`.
+    `threads`: torch and BLAS threads while training (`runtime.threads`)."""
     t0 = time.perf_counter()
     data_dir = Path(data_dir)
     torch.manual_seed(seed)
@@ -288,15 +294,11 @@ def train_cascade(
     valid = impressions(logs, cat, "valid", cfg)
     if len(train) == 0 or train.click.sum() == 0:
         raise GprInputError("no clicked impressions on the train days", file=data_dir)
-    with atomic_dir(out) as tmp, limit_threads(cfg.threads):
+    with atomic_dir(out) as tmp, limit_threads(threads):
         log = tmp / "metrics.jsonl"
-        ranking = RankingModel(cat, n_users, cfg)
-        i_meta: dict[str, Any] = {}
-        if ranking.intent is not None:  # frozen afterwards: clicks never move it
-            i_meta = train_intent(ranking.intent, logs, cat, cfg, rng)
-            _log(log, {"stage": "intent", **i_meta})
+        ranking = RankingModel(cat, cfg)
         r_best = train_ranking(ranking, train, valid, cfg, rng, log)
-        retrieval = RetrievalModel(cat, n_users, cfg)
+        retrieval = RetrievalModel(cat, cfg)
         q_best = train_retrieval(retrieval, logs, train, valid, cfg, rng, log)
         save_file(_state(ranking), str(tmp / "ranking.safetensors"))
         save_file(_state(retrieval), str(tmp / "retrieval.safetensors"))
@@ -311,7 +313,6 @@ def train_cascade(
             "config": cfg.model_dump(mode="json"),
             "metrics": {
                 "ranking": r_best,
-                "intent": i_meta,
                 "retrieval": q_best,
                 "n_train_impressions": len(train),
                 "n_valid_impressions": len(valid),
@@ -338,5 +339,4 @@ def evaluate_ranking(
     imp = impressions(logs, c.cat, split, c.cfg)
     if len(imp) == 0:
         raise GprInputError(f"no impressions in split '{split}'", field="split")
-    with limit_threads(c.cfg.threads):
-        return {**ranking_metrics(c.ranking, imp), "split": split}
+    return {**ranking_metrics(c.ranking, imp), "split": split}

@@ -137,9 +137,6 @@ class ModelConfig(_Strict):
     mtp_weights: list[float] | None = None
     diffusion_weight: float = Field(0.1, ge=0)
     hte_weight: float = Field(0.5, ge=0)
-    # a learned per-item embedding added to O/I input tokens (outputs stay semantic IDs); tells
-    # apart items whose SID prefixes collide, at the cost of an item-sized table
-    item_ids: bool = False
     # the item's content embedding (what the tokenizer encodes), projected and added to O/I input
     # tokens: content similarity reaches the model directly, also for items never seen in training
     content_input: bool = False
@@ -176,7 +173,15 @@ class TrainConfig(_Strict):
     # wall-clock budget: stop after the epoch that crosses it (the LR schedule still spans `epochs`)
     max_seconds: float | None = Field(None, gt=0)
     device: str = "auto"
-    threads: int | None = None
+
+
+class RuntimeConfig(_Strict):
+    """How a command uses the machine."""
+
+    # torch intra-op and BLAS threads of every command (None: the libraries' defaults, all
+    # cores). One thread is much faster than two on a small, shared CPU: numpy's idle OpenBLAS
+    # workers spin (docs/benchmarks.md)
+    threads: int | None = Field(1, ge=1)
 
 
 class CascadeConfig(_Strict):
@@ -190,35 +195,20 @@ class CascadeConfig(_Strict):
     dim: int = Field(32, ge=4)  # embedding width
     hidden: int = Field(128, ge=4)  # MLP width
     heads: int = Field(2, ge=1)  # target-attention heads
-    id_dropout: float = Field(0.2, ge=0, le=1)  # drop ad / user ids so content carries new ads
-    user_id: bool = False  # a user-id embedding (it memorised heavy users: -0.01 valid AUC)
+    id_dropout: float = Field(0.2, ge=0, le=1)  # drop ad ids so content carries new ads
     dropout: float = Field(0.0, ge=0, lt=1)  # on the ranking MLP's hidden layers
     deep: bool = True  # the ranking's deep part (False: wide + env biases only, a GLM)
     wide_epochs: int = Field(12, ge=1)  # stage 1: the wide part alone (cheap)
-    # session intent learnt from organic views (intent.py): one more ranking feature. Off: on the
-    # small world it moved the test AUC by +0.003 / -0.004 / +0.009 (seeds 7 / 8 / 9), not
-    # significant against paired-bootstrap sds of ~0.004 (docs/results/ranking_gap.md)
-    intent: bool = False
-    # session topics (topics.py): an EM mixture over the subtopics of organic sessions gives
-    # the ranker the current session's intent subtopic; N_TOPIC more wide features (small
-    # world: test AUC 0.6795 -> 0.6920, RPM +14 %, docs/results/business.md). Runs saved before it
-    # existed load with it off (serve.load_cascade).
+    # session topics (topics.py): an EM mixture over the subtopics of organic sessions gives the
+    # ranker the current session's intent subtopic (N_TOPIC more wide features)
     session_topics: bool = True
     # the request-time topic prior: pseudo-sessions of the global shares, and the half life (days;
-    # 0 = none) of earlier sessions' evidence (interests drift). Chosen on the valid day's AUC of
-    # a regression on the wide inputs (small world; docs/results/business.md). Runs saved
-    # before these existed load with 1.0 and 0 (serve.load_cascade).
+    # 0 = none) of earlier sessions' evidence; chosen on the valid day (docs/results/business.md)
     topic_prior_strength: float = Field(0.1, gt=0)
     topic_half_life_days: float = Field(2.0, ge=0)
     # a pause longer than this ends a session (market.sessions.SESSION_GAP_SECONDS, tested equal);
-    # 0 = the earlier rule (split at 1,800 s, the current session = the views of the last 2,047 s),
-    # which runs saved before it load with
+    # 0 = the earlier rule (split at 1,800 s, the current session = the views of the last 2,047 s)
     session_gap_seconds: int = Field(300, ge=0)
-    intent_hidden: int = Field(256, ge=4)
-    intent_epochs: int = Field(2, ge=1)
-    intent_views: int = Field(1_000_000, ge=1)  # train-day organic views (sampled above this)
-    intent_negatives: int = Field(2048, ge=1)  # uniform organic negatives per batch
-    intent_lr: float = Field(3e-3, gt=0)
     # ranking training
     epochs: int = Field(6, ge=1)  # stage 2: wide + deep
     patience: int = Field(2, ge=1)  # early stop on valid AUC
@@ -235,9 +225,6 @@ class CascadeConfig(_Strict):
     min_positives: int = Field(20000, ge=0)  # below this many clicks, impressions join them
     retrieval_k: int = Field(200, ge=1)
     max_train_impressions: int | None = Field(None, ge=1)  # cap (newest kept), for quick runs
-    # torch intra-op threads while training / serving (None: torch's default). One thread is much
-    # faster than two on a small, shared CPU (no spin-waiting against other processes).
-    threads: int | None = Field(1, ge=1)
 
 
 class AlignConfig(_Strict):
@@ -258,14 +245,9 @@ class AlignConfig(_Strict):
     # sample only among the reference's top-N beam ads per request (where the simulator is
     # calibrated: docs/alignment.md); None = every eligible ad
     candidate_pool: int | None = Field(None, ge=1)
-    support: bool = False  # rewards only inside the cascade retrieval's top-k (simulator.py)
     # the terminal reward: final_value (Eq. 5) or its log. With the log and a KL weight β to the
     # reference, the optimum of E[R] - β KL is π ∝ π_ref · final_value^(1/β) (docs/alignment.md)
-    reward: Literal["value", "log_value", "log_value_per_ad"] = "value"
-    # log_value_per_ad: log final_value minus that ad's mean log final_value over
-    # `ad_baseline_requests` train requests, so a per-ad constant (the bid, say) earns nothing
-    # and only what differs between requests is rewarded (stages_analysis.md §10)
-    ad_baseline_requests: int = Field(256, ge=1)
+    reward: Literal["value", "log_value"] = "value"
     # HEPO's leaf advantage: Eq. 8's z-score of R within the request's K (its spread shrinks as
     # the policy concentrates, so no KL holds it: it collapses onto the argmax), or R minus its
     # mean there (`center`: the optimum above, π_ref · v^(1/β), holds)
@@ -327,6 +309,58 @@ class GprConfig(_Strict):
     cascade: CascadeConfig = Field(default_factory=CascadeConfig)
     align: AlignConfig = Field(default_factory=AlignConfig)
     serve: ServeConfig = Field(default_factory=ServeConfig)
+    runtime: RuntimeConfig = Field(default_factory=RuntimeConfig)
+
+
+# Fields of earlier configs, by section: the value that meant "off" (ANY: a setting that no longer
+# matters). A saved config holding that value loads without the field; any other value is refused,
+# since the option is gone (docs/model.md, "Add-ons: kept and retired").
+ANY = object()
+RETIRED: dict[str, dict[str, Any]] = {
+    "model": {"item_ids": False},
+    "cascade": {
+        "user_id": False,
+        "intent": False,
+        "threads": ANY,
+        **{f"intent_{k}": ANY for k in ("hidden", "epochs", "views", "negatives", "lr")},
+    },
+    "align": {"support": False, "ad_baseline_requests": ANY},
+    "train": {"threads": ANY},
+}
+
+
+def upgrade(config: dict[str, Any]) -> dict[str, Any]:
+    """A saved config (run.json's `config`) in the current schema: retired fields dropped, the
+    earlier serving fields (rank_by, bid_weight, hte_weight) as `serve.score` terms."""
+    out = copy.deepcopy(config)
+    for section, fields in RETIRED.items():
+        data = out.get(section)
+        if not isinstance(data, dict):
+            continue
+        for name, off in fields.items():
+            if name in data:
+                value = data.pop(name)
+                if off is not ANY and value != off:
+                    raise GprInputError(
+                        f"trained with the retired option {section}.{name}={value!r}",
+                        field=f"{section}.{name}",
+                    )
+    serve = out.get("serve")
+    if isinstance(serve, dict) and "score" not in serve:
+        by_value = serve.pop("rank_by", "logprob") == "value"
+        score = {"logp": 0.0, "log_hte_value": 1.0} if by_value else {}
+        if serve.get("bid_weight") and not by_value:
+            score["log_bid"] = serve["bid_weight"]
+        if serve.get("hte_weight") and not by_value:
+            score["log_hte_value"] = serve["hte_weight"]
+        serve.pop("bid_weight", None)
+        serve.pop("hte_weight", None)
+        serve["score"] = score
+    if isinstance(out.get("align"), dict) and out["align"].get("reward") == "log_value_per_ad":
+        raise GprInputError(
+            "trained with the retired option align.reward='log_value_per_ad'", field="align.reward"
+        )
+    return out
 
 
 def _preset_dict(name: str) -> dict[str, Any]:
@@ -368,7 +402,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
 
 def serve_config(run_config: dict[str, Any], overrides: list[str] | None = None) -> ServeConfig:
     """A run's serve section with `serve.field=value` overrides (`gpr simulate --set`)."""
-    data = copy.deepcopy(run_config.get("serve", {}))
+    data = upgrade({"serve": run_config.get("serve", {})})["serve"]
     for item in overrides or []:
         keys, value = _parse_override(item)
         if len(keys) < 2 or keys[0] != "serve":

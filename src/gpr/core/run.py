@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
-from gpr.core.config import GprConfig, ModelConfig
+from gpr.core.config import GprConfig, ModelConfig, upgrade
 from gpr.core.errors import GprInputError
 from gpr.core.io import file_sha256, read_json, write_json
 
@@ -98,6 +98,8 @@ class Run:
 
     @property
     def config(self) -> GprConfig:
+        if "config" in self.info:
+            self.info["config"] = upgrade(self.info["config"])
         return self._validated(GprConfig, "config")
 
     @property

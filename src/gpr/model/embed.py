@@ -17,14 +17,10 @@ class TokenEmbedding(nn.Module):
         levels: int,
         codebook_size: int,
         max_len: int,
-        n_items: int = 0,
         content: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         self.codebook_size = codebook_size
-        self.n_items = n_items
-        # optional item-id table (row n_items = padding); 0 items: none
-        self.ids = nn.Embedding(n_items + 1, d, padding_idx=n_items) if n_items else None
         # optional (items, dim) content table indexed by item id; rebuilt from the data on load,
         # so it is not part of the checkpoint
         self.content_proj = nn.Linear(content.shape[1], d) if content is not None else None
@@ -58,9 +54,6 @@ class TokenEmbedding(nn.Module):
         types = t.clamp(min=0)
         x = self.type_emb(types) + self.pos(torch.arange(t.shape[1], device=t.device)).unsqueeze(0)
         x = x + self.item(b.codes)
-        if self.ids is not None:
-            known = (b.item >= 0) & (b.item < self.n_items)
-            x = x + self.ids(torch.where(known, b.item, self.n_items))
         if self.content_proj is not None:
             known = (b.item >= 0) & (b.item < len(self.content))
             vec = self.content_proj(self.content[b.item.clamp(0, len(self.content) - 1)])

@@ -32,7 +32,6 @@ class GPRModel(nn.Module):
         codebook_size: int,
         dedup_size: int,
         thought_table: torch.Tensor | None = None,
-        n_items: int = 0,
         content: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
@@ -47,7 +46,6 @@ class GPRModel(nn.Module):
             levels,
             codebook_size,
             cfg.max_len,
-            n_items if cfg.item_ids else 0,
             content if cfg.content_input else None,
         )
         self.hsd = HSD(

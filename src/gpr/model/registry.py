@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from gpr.core.config import GprConfig, ModelConfig, model_overrides
+from gpr.core.config import GprConfig, ModelConfig, model_overrides, upgrade
 from gpr.core.errors import GprInputError
 from gpr.core.io import atomic_dir, read_json
 from gpr.core.run import INFO, MANIFEST, Run, seal
@@ -51,7 +51,6 @@ def build_model(cat: Catalogue | Prepared, mcfg: ModelConfig, name: str = "gpr")
         cat.sids.codebook_size,
         cat.level_sizes[-1],
         table,
-        n_items=len(cat.sids.codes),
         content=cat.content_table,
     )
 
@@ -109,6 +108,11 @@ def convert_run(
     if not (old / INFO).is_file():
         raise GprInputError("not a run directory (no run.json)", file=old)
     info = read_json(old / INFO)
+    if isinstance(info.get("config"), dict):
+        if info.get("model") in MODELS:
+            info["config"] = upgrade(info["config"])
+        else:  # a cascade run holds its cascade section
+            info["config"] = upgrade({"cascade": info["config"]})["cascade"]
     with atomic_dir(out, overwrite=False) as tmp:
         for f in old.iterdir():
             if f.is_file() and f.name != INFO:

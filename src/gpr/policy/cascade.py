@@ -11,7 +11,6 @@ from gpr.cascade.auction import run_auction
 from gpr.cascade.features import request_features
 from gpr.cascade.load import load_cascade
 from gpr.core.errors import GprInputError
-from gpr.core.runtime import limit_threads
 from gpr.market.journeys import LogData
 from gpr.market.policy import Ranked, RequestBatch
 
@@ -28,7 +27,7 @@ class CascadePolicy:
             self.ad_vec = self.c.retrieval.ad_vec(torch.arange(self.logs.ads.n))
 
     def rank(self, batch: RequestBatch) -> Ranked:
-        with limit_threads(self.c.cfg.threads), torch.no_grad():
+        with torch.no_grad():
             return self._rank(batch)
 
     def _rank(self, batch: RequestBatch) -> Ranked:

@@ -63,13 +63,6 @@ from gpr.train.hepo import (
 STAGES = ("dpo", "hepo")
 
 
-def ad_log_value_mean(sim: Simulator, request_ids: np.ndarray, chunk: int = 16) -> np.ndarray:
-    """(A,) each ad's mean log final_value (simulator) over the given requests."""
-    items = np.broadcast_to(sim.logs.ads.item_id, (len(request_ids), sim.logs.ads.n))
-    value = sim.score(np.asarray(request_ids), np.ascontiguousarray(items), chunk=chunk).value
-    return log_value(value).mean(0)
-
-
 class Aligner:
     """State of one alignment run: policy, frozen reference, simulator, request pools."""
 
@@ -116,10 +109,6 @@ class Aligner:
             raise GprInputError("no train or valid requests to align on", field="split")
         self.opt = torch.optim.AdamW(model.parameters(), lr=self.ac.lr, weight_decay=0.0)
         self.reward_scale: float | None = None
-        self.ad_log_mean: np.ndarray | None = None  # (A,) for reward=log_value_per_ad
-        if stage == "hepo" and self.ac.reward == "log_value_per_ad":  # DPO ranks raw values
-            pick = self.rng.choice(self.train_pos, self.ac.ad_baseline_requests)
-            self.ad_log_mean = ad_log_value_mean(self.sim, self.ctx.request_ids(RequestSet(pick)))
         n_lv = prep.sids.levels
         if len(self.ac.process_alpha) != n_lv:
             raise GprInputError(
@@ -169,9 +158,7 @@ class Aligner:
     def rewards(self, req: RequestSet, roll: Rollout) -> np.ndarray:
         r = roll.req.numpy()
         env = None if req.env is None else req.env[r]
-        s = self.sim.score(
-            self.ctx.request_ids(req)[r], roll.item.numpy()[:, None], env, self.ac.support
-        )
+        s = self.sim.score(self.ctx.request_ids(req)[r], roll.item.numpy()[:, None], env)
         return s.value[:, 0]
 
     # --- one step ------------------------------------------------------------------------------
@@ -220,7 +207,7 @@ class Aligner:
         ac, model = self.ac, self.model
         assert model.hte is not None
         n_lv = self.prep.sids.levels
-        big_r = self.terminal_reward(value, roll.item.numpy())
+        big_r = self.terminal_reward(value)
         with torch.no_grad():
             lps, legal, h = level_dists(model, b, self.trie, counts, roll)
             old = taken(lps, roll.codes)
@@ -250,26 +237,17 @@ class Aligner:
         out["clip_frac"] = float(frac)
         return out
 
-    def terminal_reward(self, value: np.ndarray, items: np.ndarray | None = None) -> torch.Tensor:
+    def terminal_reward(self, value: np.ndarray) -> torch.Tensor:
         """R of each rollout: final_value / its running mean (EMA 0.9), or with `reward=log_value`
-        log final_value minus its running mean; either way the critic's targets stay O(1).
-        `log_value_per_ad` also subtracts each ad's (`items`) mean log final_value first."""
+        log final_value minus its running mean; either way the critic's targets stay O(1)."""
         kind = self.ac.reward
-        r = np.asarray(value, np.float64) if kind == "value" else self.log_reward(value, items)
+        r = np.asarray(value, np.float64) if kind == "value" else log_value(value)
         mean = float(r.mean())
         ema = self.reward_scale
         self.reward_scale = mean if ema is None else 0.9 * ema + 0.1 * mean
         if kind != "value":
             return torch.from_numpy(r - self.reward_scale).float()
         return torch.from_numpy(r).float() / max(self.reward_scale, 1e-12)
-
-    def log_reward(self, value: np.ndarray, items: np.ndarray | None) -> np.ndarray:
-        """log final_value; with `log_value_per_ad` minus each ad's (`items`) mean over train."""
-        r = log_value(value)
-        if self.ac.reward == "log_value_per_ad":
-            assert self.ad_log_mean is not None and items is not None
-            r = r - self.ad_log_mean[self.sim.logs.ads.index_of(items)]
-        return r
 
     # --- validation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -279,7 +257,7 @@ class Aligner:
         ac = self.ac
         req, b, counts = self._prepare(self.valid, ac.candidate_pool)
         roll = sample(self.model, b, self.trie, counts, ac.candidates, ac.temperature, self.val_gen)
-        r = self.log_reward(self.rewards(req, roll), roll.item.numpy())
+        r = log_value(self.rewards(req, roll))
         lps = level_dists(self.model, b, self.trie, counts, roll)[0]
         ref = level_dists(self.ref, b, self.trie, counts, roll)[0]
         kl = level_kl(lps, ref).sum(1)
@@ -292,7 +270,7 @@ class Aligner:
         req, b, elig, _ = self.ctx.prepare(self.valid, cfg.max_len, cfg.thought_tokens)
         items, _ = self.model.generate(b, self.trie, beam, elig)
         top = items[:, :1].numpy()
-        s = self.sim.score(self.ctx.request_ids(req), top, support=self.ac.support)
+        s = self.sim.score(self.ctx.request_ids(req), top)
         return float(np.where(top >= 0, s.value, 0.0).mean())
 
 
@@ -325,7 +303,7 @@ def align(
     """Run DPO or HEPO from `init`; writes a run directory atomically (see module docstring)."""
     t0 = time.perf_counter()
     ref_path = None if reference is None else Path(reference)
-    set_threads(cfg.train.threads)
+    set_threads(cfg.runtime.threads)
     torch.manual_seed(cfg.seed)
     al = Aligner(Path(init), Path(simulator), cfg, stage, arr, ref_path)
     ac: AlignConfig = cfg.align

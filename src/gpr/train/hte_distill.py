@@ -136,7 +136,7 @@ def distill_hte(
 ) -> dict[str, Any]:
     """Refit HTE's pCTR / pCVR heads of run `init` to the simulator; a new run in `out`."""
     t0 = time.perf_counter()
-    set_threads(cfg.train.threads)
+    set_threads(cfg.runtime.threads)
     torch.manual_seed(cfg.seed)
     model, prep, info = load_run(init)
     if not isinstance(model, GPRModel) or model.hte is None:

@@ -52,7 +52,7 @@ def train(
     """
     t0 = time.perf_counter()
     tc = cfg.train
-    set_threads(tc.threads)
+    set_threads(cfg.runtime.threads)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     if init is not None:  # its model, model config and catalogue

@@ -11,7 +11,7 @@ import torch
 
 from gpr.cascade.auction import run_auction
 from gpr.cascade.config import CascadeConfig, cascade_config
-from gpr.cascade.features import Catalog, request_features
+from gpr.cascade.features import Catalog, request_features, session_mean
 from gpr.cascade.train import evaluate_ranking, train_cascade
 from gpr.core.errors import GprInputError
 from gpr.eval.simulate import SimData, simulate
@@ -138,3 +138,15 @@ def test_ad_stats_use_only_earlier_days(tiny_world: Path) -> None:
     shown0 = np.unique(logs.ads.index_of(j.item[rows]))
     assert (s[1, shown0, 0] > 0).all()
     assert (s[1, np.setdiff1d(np.arange(logs.ads.n), shown0), 0] == 0).all()
+
+
+def test_session_mean_by_hand() -> None:
+    content = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 2.0], [4.0, 4.0]])  # row 0 = padding
+    r = {
+        "o_item": torch.tensor([[1, 2, 3], [0, 0, 3], [1, 2, 0]]),
+        # item 1 of request 0 is from an older session; request 2 has no session views
+        "o_sess": torch.tensor([[False, True, True], [True, True, True], [False] * 3]),
+    }
+    x, n = session_mean(content, r)
+    torch.testing.assert_close(x, torch.tensor([[2.0, 3.0], [4.0, 4.0], [0.0, 0.0]]))
+    assert n[:, 0].tolist() == [2, 1, 0]

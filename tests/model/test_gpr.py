@@ -81,19 +81,18 @@ def _randomise_time_bias(model: GPRModel) -> None:
 
 
 @pytest.mark.parametrize(
-    ("hybrid", "item_ids", "time_bias"),
+    ("hybrid", "content", "time_bias"),
     [(True, False, False), (False, False, False), (True, True, False), (True, False, True)],
 )
 def test_no_future_token_changes_a_prediction(
-    prep: Prepared, hybrid: bool, item_ids: bool, time_bias: bool
+    prep: Prepared, hybrid: bool, content: bool, time_bias: bool
 ) -> None:
     torch.manual_seed(0)
     mcfg = load_config("tiny").model.model_copy(
         update={
             "hybrid_attention": hybrid,
             "dropout": 0.0,
-            "item_ids": item_ids,
-            "content_input": item_ids,
+            "content_input": content,
             "time_bias": time_bias,
         }
     )
@@ -153,7 +152,6 @@ COMPONENTS = [
     {"refining": False},
     {"hte": False},
     {"mtp_heads": 1},
-    {"item_ids": True},
     {"content_input": True},
     {"time_bias": True},
     {"item_head": True},
@@ -178,7 +176,7 @@ def test_each_component_trains(prep: Prepared, change: dict) -> None:  # type: i
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("option", ["item_ids", "content_input"])
+@pytest.mark.parametrize("option", ["content_input"])
 def test_item_inputs_tell_apart_items_with_the_same_codes(prep: Prepared, option: str) -> None:
     torch.manual_seed(0)
     b = _batch(prep, n=2)

@@ -135,7 +135,7 @@ def test_no_future_token_changes_a_prediction(prep: Prepared, name: str) -> None
 def test_train_one_epoch_and_reload(
     tiny_world: Path, tiny_sids: Path, tmp_path: Path, name: str
 ) -> None:
-    cfg = load_config("tiny", overrides=["train.epochs=1", "train.device=cpu", "train.threads=1"])
+    cfg = load_config("tiny", overrides=["train.epochs=1", "train.device=cpu", "runtime.threads=1"])
     out = tmp_path / name
     summary = train(tiny_world, tiny_sids, cfg, out, model_name=name, progress=False)
     assert summary["model"] == name and summary["epochs_run"] == 1
@@ -158,7 +158,7 @@ def test_time_budget_stops_after_one_epoch_with_a_checkpoint(
             "train.eval_every=5",
             "train.max_seconds=0.001",
             "train.device=cpu",
-            "train.threads=1",
+            "runtime.threads=1",
         ],
     )
     summary = train(
