@@ -1,4 +1,4 @@
-"""Build time of the item head's neighbour table (`model.item_head_neighbours`, model/item_head.py).
+"""Build time of the item head's neighbour table (`model.item_head.neighbours`, model/item_head.py).
 
     python benchmarks/neighbour_table.py --data out/pub/sports/data \
         --sids "out/pub/sports/tok_balanced=true_collab-dim=64" --neighbours 50

@@ -4,7 +4,7 @@
         --alphas 0 0.25 0.5 1 2 --json out/pub/beauty/alpha_ih_s7.json
 
 A run trained with `model.item_head=true` ranks each user's candidates — the beam plus the item
-head's top `model.item_head_widen` items — by log p_SID + α · log p_head (model/item_head.py).
+head's top `model.item_head.widen` items — by log p_SID + α · log p_head (model/item_head.py).
 α only re-weights scores that generation computes anyway, so one generation per split serves the
 whole grid: `GPRModel.candidates` keeps the candidates' exact SID log-probabilities and their head
 log-probabilities apart, and each α re-sorts them as `generate` would (`rank_candidates`).
@@ -66,7 +66,7 @@ def main() -> None:
         }
         print(f"{split}: {len(pos)} users done", flush=True)
     best = max(args.alphas, key=lambda a: res["valid"][f"{a:g}"]["ndcg@10"])
-    print(f"{args.run}: widen {model.cfg.item_head_widen}, α kept on valid N@10: {best:g}")
+    print(f"{args.run}: widen {model.cfg.item_head.widen}, α kept on valid N@10: {best:g}")
     print("| α | valid R@10 | valid N@10 | " + " | ".join(f"test {k}" for k in KEYS) + " |")
     print("|---|---|---|" + "---|" * len(KEYS))
     for a in args.alphas:

@@ -59,3 +59,46 @@ def test_cascade_session_gap_default_is_the_market_rule() -> None:
     from gpr.market.sessions import SESSION_GAP_SECONDS
 
     assert CascadeConfig().session_gap_seconds == SESSION_GAP_SECONDS
+
+
+def test_earlier_configs_upgrade_to_components() -> None:
+    from gpr.core.config import GprConfig, upgrade
+
+    old = {
+        "model": {
+            "content_input": True,
+            "item_head": True,
+            "item_head_neighbours": 50,
+            "item_head_alpha": 0.5,
+            "hte_side": True,
+            "hte_session": True,
+            "item_ids": False,
+        },
+        "train": {"threads": 2},
+        "cascade": {"user_id": False, "intent": False, "intent_lr": 0.003, "threads": 1},
+        "serve": {"rank_by": "logprob", "bid_weight": 0.5, "hte_weight": 2.0},
+    }
+    cfg = GprConfig.model_validate(upgrade(old))
+    m = cfg.model
+    assert m.inputs == ["sid", "content"] and m.hte_features == ["side", "session"]
+    assert m.item_head is not None and (m.item_head.neighbours, m.item_head.alpha) == (50, 0.5)
+    assert (cfg.serve.score.logp, cfg.serve.score.log_bid, cfg.serve.score.log_hte_value) == (
+        1.0,
+        0.5,
+        2.0,
+    )
+    by_value = upgrade({"serve": {"rank_by": "value"}})["serve"]["score"]
+    assert by_value == {"logp": 0.0, "log_hte_value": 1.0}
+    assert old["model"]["item_head"] is True  # the input is not modified
+
+
+@pytest.mark.parametrize(
+    ("section", "field", "value"),
+    [("cascade", "intent", True), ("model", "item_ids", True), ("align", "support", True)],
+)
+def test_a_retired_option_that_was_on_is_refused(section: str, field: str, value: object) -> None:
+    from gpr.core.config import upgrade
+
+    with pytest.raises(GprInputError, match=f"retired option {section}.{field}") as e:
+        upgrade({section: {field: value}})
+    assert e.value.field == f"{section}.{field}"

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gpr.core.config import ModelConfig, load_config
+from gpr.core.config import ItemHeadConfig, ModelConfig, load_config
 from gpr.model.gpr import GPRModel, merge_ranked
 from gpr.model.journey import E, I, O, U, collate, make_windows, positions_for_split
 from gpr.model.masks import NO_TIME, TIME_BUCKETS, hybrid_mask, time_buckets
@@ -92,7 +92,7 @@ def test_no_future_token_changes_a_prediction(
         update={
             "hybrid_attention": hybrid,
             "dropout": 0.0,
-            "content_input": content,
+            "inputs": ["sid", "content"] if content else ["sid"],
             "time_bias": time_bias,
         }
     )
@@ -152,10 +152,10 @@ COMPONENTS = [
     {"refining": False},
     {"hte": False},
     {"mtp_heads": 1},
-    {"content_input": True},
+    {"inputs": ["sid", "content"]},
     {"time_bias": True},
-    {"item_head": True},
-    {"item_head": True, "item_head_neighbours": 8},
+    {"item_head": ItemHeadConfig()},
+    {"item_head": ItemHeadConfig(neighbours=8)},
 ]
 
 
@@ -176,15 +176,15 @@ def test_each_component_trains(prep: Prepared, change: dict) -> None:  # type: i
     assert grads and all(torch.isfinite(g).all() for g in grads)
 
 
-@pytest.mark.parametrize("option", ["content_input"])
-def test_item_inputs_tell_apart_items_with_the_same_codes(prep: Prepared, option: str) -> None:
+def test_content_input_tells_apart_items_with_the_same_codes(prep: Prepared) -> None:
     torch.manual_seed(0)
     b = _batch(prep, n=2)
     swapped = b.item.clone()
     swapped[b.item >= 0] = (b.item[b.item >= 0] + 1) % len(prep.sids.codes)  # codes kept
     pert = type(b)(**{**b.__dict__, "item": swapped})
     for on in (False, True):
-        mcfg = load_config("tiny").model.model_copy(update={option: on, "dropout": 0.0})
+        inputs = ["sid", "content"] if on else ["sid"]
+        mcfg = load_config("tiny").model.model_copy(update={"inputs": inputs, "dropout": 0.0})
         emb = build_model(prep, mcfg).eval().embed
         same = torch.allclose(emb(b), emb(pert))
         assert same != on
@@ -194,7 +194,7 @@ def test_item_inputs_tell_apart_items_with_the_same_codes(prep: Prepared, option
 
 
 def test_content_input_needs_the_content_table(prep: Prepared) -> None:
-    mcfg = load_config("tiny").model.model_copy(update={"content_input": True})
+    mcfg = load_config("tiny").model.model_copy(update={"inputs": ["sid", "content"]})
     with pytest.raises(ValueError, match="content"):
         build_model(replace(prep, content_table=None), mcfg)
     assert prep.content_table is not None
@@ -355,10 +355,12 @@ def test_content_source_tokenizer_is_what_the_sids_were_built_from(
     text = prepare(
         tiny_world,
         tmp_path / "tok",
-        cfg.model.model_copy(update={"item_head": True}),
+        cfg.model.model_copy(update={"item_head": ItemHeadConfig()}),
         cfg.tokenizer.codebook_size,
     )
-    mcfg = cfg.model.model_copy(update={"item_head": True, "content_source": "tokenizer"})
+    mcfg = cfg.model.model_copy(
+        update={"item_head": ItemHeadConfig(), "content_source": "tokenizer"}
+    )
     tp = prepare(tiny_world, tmp_path / "tok", mcfg, cfg.tokenizer.codebook_size)
     assert text.content_table is not None and tp.content_table is not None
     width = text.content_table.shape[1]

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gpr.core.config import load_config
+from gpr.core.config import ModelConfig, load_config
 from gpr.model.gpr import GPRModel, beam_search
 from gpr.model.journey import collate, make_windows, positions_for_split
 from gpr.model.prepare import Prepared, prepare
@@ -21,11 +21,11 @@ def prep(tiny_world: Path, tiny_sids: Path) -> Prepared:
     return prepare(tiny_world, tiny_sids, cfg.model, cfg.tokenizer.codebook_size)
 
 
-def _model(prep: Prepared, **update: object) -> GPRModel:
+def _model(prep: Prepared, **head: object) -> GPRModel:
+    """A tiny GPR-1 with an item head of the given settings (ItemHeadConfig fields)."""
     torch.manual_seed(0)
-    mcfg = load_config("tiny").model.model_copy(
-        update={"item_head": True, "dropout": 0.0, "mtp_heads": 1, **update}
-    )
+    base = load_config("tiny").model.model_dump()
+    mcfg = ModelConfig.model_validate({**base, "item_head": head, "dropout": 0.0, "mtp_heads": 1})
     model = build_model(prep, mcfg)
     assert isinstance(model, GPRModel)
     return model.eval()
@@ -38,7 +38,7 @@ def _batch(prep: Prepared, n: int = 6):  # type: ignore[no-untyped-def]
 
 
 def test_item_loss_is_the_full_softmax_cross_entropy(prep: Prepared) -> None:
-    model = _model(prep, item_head_weight=0.0)
+    model = _model(prep, weight=0.0)
     b = _batch(prep)
     got = model.loss(b, prep.trie)
     h, ctx, ok = model.encode(b)
@@ -51,7 +51,7 @@ def test_item_loss_is_the_full_softmax_cross_entropy(prep: Prepared) -> None:
     want = F.cross_entropy(logits, prep.trie.column(b.targets[rows, 0]))
     torch.testing.assert_close(got["item_0"], want)
     # weight 0: reported, not added; weight 2: added twice
-    weighted = _model(prep, item_head_weight=2.0).loss(b, prep.trie)
+    weighted = _model(prep, weight=2.0).loss(b, prep.trie)
     torch.testing.assert_close(weighted["loss"] - got["loss"], 2 * want, rtol=1e-4, atol=1e-5)
 
 
@@ -85,7 +85,7 @@ def test_path_logp_equals_the_beam_scores(prep: Prepared) -> None:
 
 
 def test_alpha_zero_no_widening_is_the_plain_beam(prep: Prepared) -> None:
-    model = _model(prep, item_head_alpha=0.0, item_head_widen=0)
+    model = _model(prep, alpha=0.0, widen=0)
     b = _batch(prep, n=4)
     items, scores = model.generate(b, prep.trie, beam=12)
     h, ctx, ok = model.encode(b)
@@ -97,7 +97,7 @@ def test_alpha_zero_no_widening_is_the_plain_beam(prep: Prepared) -> None:
 
 def test_widening_brings_the_heads_top_items_and_respects_eligibility(prep: Prepared) -> None:
     n_items = len(prep.trie.items)
-    model = _model(prep, item_head_alpha=1e4, item_head_widen=n_items)
+    model = _model(prep, alpha=1e4, widen=n_items)
     b = _batch(prep, n=4)
     items, scores = model.generate(b, prep.trie, beam=5)
     h, ctx, ok = model.encode(b)
@@ -128,7 +128,7 @@ def test_last_item_is_the_latest_item_token_before_each_prediction(prep: Prepare
 
 
 def test_neighbour_table_is_the_brute_force_content_knn(prep: Prepared) -> None:
-    model = _model(prep, item_head_neighbours=5)
+    model = _model(prep, neighbours=5)
     head, trie = model.item_head, prep.trie
     assert head is not None
     cols, sims = head.neighbour_table(trie, chunk=7)  # several chunks
@@ -146,7 +146,7 @@ def test_neighbour_table_is_the_brute_force_content_knn(prep: Prepared) -> None:
 
 
 def test_neighbour_prior_adds_beta_times_cosine_at_the_neighbours(prep: Prepared) -> None:
-    model = _model(prep, item_head_neighbours=4, item_head_beta=3.0)
+    model = _model(prep, neighbours=4, beta=3.0)
     head, trie = model.item_head, prep.trie
     assert head is not None and head.log_beta is not None
     b = _batch(prep, n=4)
@@ -174,5 +174,5 @@ def test_neighbour_prior_adds_beta_times_cosine_at_the_neighbours(prep: Prepared
 def test_neighbour_prior_needs_a_content_table() -> None:
     from gpr.model.item_head import ItemHead
 
-    with pytest.raises(ValueError, match="item_head_neighbours"):
+    with pytest.raises(ValueError, match="item_head.neighbours"):
         ItemHead(8, None, neighbours=3)

@@ -61,13 +61,12 @@ def test_hte_distillation_with_side_features(
             "align.hte_requests=96",
             "align.hte_epochs=4",
             "align.eval_requests=48",
-            "model.hte_side=true",
-            f"model.hte_session={str(session).lower()}",
+            "model.hte_features=[side, session]" if session else "model.hte_features=[side]",
         ],
     )
     info = distill_hte(init, casc, cfg, tmp_path / "hte", progress=False)
-    assert info["model_config"]["hte_side"] and info["config"]["model"]["hte_side"]
-    assert info["model_config"]["hte_session"] == info["config"]["model"]["hte_session"] == session
+    want = ["side", "session"] if session else ["side"]
+    assert info["model_config"]["hte_features"] == info["config"]["model"]["hte_features"] == want
     after = load_file(str(tmp_path / "hte" / "model.safetensors"))
     width = len(SIDE_FEATURES) + len(SESSION_FEATURES) * session
     assert after["hte.side_cvr.weight"].shape == (1, width)
@@ -86,8 +85,8 @@ def test_hte_distillation_with_side_features(
     )
 
 
-def test_hte_session_needs_the_side_part(runs: tuple[Path, Path], tmp_path: Path) -> None:
-    cfg = load_config("tiny", overrides=["model.hte_session=true"])
-    with pytest.raises(GprInputError, match="hte_side") as e:
-        distill_hte(runs[0], runs[1], cfg, tmp_path / "hte", progress=False)
-    assert e.value.field == "model.hte_session" and not (tmp_path / "hte").exists()
+def test_hte_session_needs_the_side_part() -> None:
+    for over in ("model.hte_features=[session]", "model.hte_session=true"):  # the earlier name too
+        with pytest.raises(GprInputError, match="'session' needs 'side'") as e:
+            load_config("tiny", overrides=[over])
+        assert e.value.field == "model"

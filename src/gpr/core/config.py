@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gpr.core.errors import GprInputError
 
@@ -108,6 +108,20 @@ class TokenizerConfig(_Strict):
     device: str = "auto"
 
 
+class ItemHeadConfig(_Strict):
+    """A dense per-item score beside the SID decoder (model/item_head.py), trained with a full
+    softmax over the catalogue. At generation the beam plus the head's top `widen` items are
+    ranked by log p_SID + alpha · log p_head."""
+
+    weight: float = Field(1.0, ge=0)  # its loss weight
+    alpha: float = Field(1.0, ge=0)
+    widen: int = Field(50, ge=0)
+    # K > 0: the logits add beta · content cosine to the K nearest neighbours of the user's last
+    # item (beta learnt, starting here); needs a content table
+    neighbours: int = Field(0, ge=0)
+    beta: float = Field(10.0, gt=0)
+
+
 class ModelConfig(_Strict):
     """The HHD (and the HSTU baseline: every component off, one head)."""
 
@@ -125,39 +139,54 @@ class ModelConfig(_Strict):
     refining: bool = True
     refine_steps: int = Field(4, ge=1)
     hte: bool = True
-    # HTE's wide part on the candidate's side features (price, bid, age; model/hte.py); only
-    # `--stage hte` trains it, so MTP / VAFT runs keep it off
-    hte_side: bool = False
-    # with hte_side: also the current session's organic views in the ad's subtopic / category
-    # (model/hte.py SESSION_FEATURES; added 2026-12-07, so older hte_side runs have it off)
-    hte_session: bool = False
+    # HTE's wide part on candidate features (model/hte.py; only `--stage hte` trains it): "side"
+    # = price, bid, age and the user's price level; "session" (needs "side") = the current
+    # session's organic views in the ad's subtopic / category
+    hte_features: list[Literal["side", "session"]] = []
     decoder_layers: int = Field(1, ge=1)
     recent_window: int = Field(16, ge=1)
     mtp_heads: int = Field(4, ge=1)
     mtp_weights: list[float] | None = None
     diffusion_weight: float = Field(0.1, ge=0)
     hte_weight: float = Field(0.5, ge=0)
-    # the item's content embedding (what the tokenizer encodes), projected and added to O/I input
-    # tokens: content similarity reaches the model directly, also for items never seen in training
-    content_input: bool = False
-    # the content table behind content_input and item_head: "text" = the item-text embedding;
+    # what an O/I input token carries: its semantic ID, and optionally the item's content embedding
+    # (what the tokenizer encodes) through a linear map, which exists for unseen items too
+    inputs: list[Literal["sid", "content"]] = ["sid"]
+    # the content table behind the content input and the item head: "text" = the text embedding;
     # "tokenizer" = exactly what the SIDs were built from (text + the train-split collaborative
     # vector when the tokenizer had collab_dim > 0; read from the SID dir's tokenizer.json)
     content_source: Literal["text", "tokenizer"] = "text"
     # HSTU's temporal attention bias (model/hsd.py): a learned per-head bias by the log2 bucket of
     # the seconds between two events, so attention can weigh events by their age
     time_bias: bool = False
-    # a dense score per item beside the SID decoder (model/item_head.py): trained with a full
-    # softmax over the catalogue; at generation the beam plus its top `item_head_widen` items are
-    # ranked by log p_SID + item_head_alpha · log p_head
-    item_head: bool = False
-    item_head_weight: float = Field(1.0, ge=0)
-    item_head_alpha: float = Field(1.0, ge=0)
-    item_head_widen: int = Field(50, ge=0)
-    # K > 0: the head's logits add beta · content cosine to the K nearest neighbours of the user's
-    # last item (a learnt beta, initialised at item_head_beta); needs a content table
-    item_head_neighbours: int = Field(0, ge=0)
-    item_head_beta: float = Field(10.0, gt=0)
+    # a dense score per item beside the SID decoder; None = none (`model.item_head=true` sets
+    # the defaults)
+    item_head: ItemHeadConfig | None = None
+
+    @field_validator("item_head", mode="before")
+    @classmethod
+    def _head_switch(cls, v: Any) -> Any:
+        return ({} if v else None) if isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelConfig:
+        if "sid" not in self.inputs:
+            raise ValueError("inputs must include 'sid' (outputs are semantic IDs)")
+        if "session" in self.hte_features and "side" not in self.hte_features:
+            raise ValueError("hte_features 'session' needs 'side'")
+        return self
+
+    @property
+    def content_input(self) -> bool:
+        return "content" in self.inputs
+
+    @property
+    def hte_side(self) -> bool:
+        return "side" in self.hte_features
+
+    @property
+    def hte_session(self) -> bool:
+        return "session" in self.hte_features
 
 
 class TrainConfig(_Strict):
@@ -329,6 +358,29 @@ RETIRED: dict[str, dict[str, Any]] = {
 }
 
 
+HEAD_FIELDS = ("weight", "alpha", "widen", "neighbours", "beta")
+
+
+def _upgrade_model(m: dict[str, Any]) -> None:
+    """Earlier flat model fields -> inputs, item_head and hte_features (in place)."""
+    if "content_input" in m:
+        inputs = list(m.get("inputs", ["sid"]))
+        if m.pop("content_input") and "content" not in inputs:
+            inputs.append("content")
+        m["inputs"] = inputs
+    flat = {k: m.pop(f"item_head_{k}") for k in HEAD_FIELDS if f"item_head_{k}" in m}
+    if flat and m.get("item_head") is True:
+        m["item_head"] = flat
+    elif flat and isinstance(m.get("item_head"), dict):
+        m["item_head"] = {**m["item_head"], **flat}
+    feats = list(m.get("hte_features", []))
+    for key, name in (("hte_side", "side"), ("hte_session", "session")):
+        if m.pop(key, False) and name not in feats:
+            feats.append(name)
+    if feats or "hte_features" in m:
+        m["hte_features"] = feats
+
+
 def upgrade(config: dict[str, Any]) -> dict[str, Any]:
     """A saved config (run.json's `config`) in the current schema: retired fields dropped, the
     earlier serving fields (rank_by, bid_weight, hte_weight) as `serve.score` terms."""
@@ -345,6 +397,9 @@ def upgrade(config: dict[str, Any]) -> dict[str, Any]:
                         f"trained with the retired option {section}.{name}={value!r}",
                         field=f"{section}.{name}",
                     )
+    model = out.get("model")
+    if isinstance(model, dict):
+        _upgrade_model(model)
     serve = out.get("serve")
     if isinstance(serve, dict) and "score" not in serve:
         by_value = serve.pop("rank_by", "logprob") == "value"
@@ -452,6 +507,8 @@ def load_config(
     for item in overrides or []:
         keys, value = _parse_override(item)
         _set(data, keys, value, ".".join(keys))
+    if isinstance(data.get("model"), dict):  # earlier names: model.content_input, hte_side, ...
+        _upgrade_model(data["model"])
     try:
         return GprConfig.model_validate(data)
     except ValidationError as e:

@@ -70,8 +70,8 @@ class GPRModel(nn.Module):
             cfg.dropout,
         )
         self.item_head = (
-            ItemHead(d, content, cfg.item_head_neighbours, cfg.item_head_beta)
-            if cfg.item_head
+            ItemHead(d, content, cfg.item_head.neighbours, cfg.item_head.beta)
+            if cfg.item_head is not None
             else None
         )
         side = side_width(cfg.hte_side, cfg.hte_session)
@@ -149,7 +149,8 @@ class GPRModel(nn.Module):
                 iw = w * (col >= 0)
                 item_loss = (ce * iw).sum() / iw.sum().clamp(min=1e-8)
                 out[f"item_{j}"] = item_loss.detach()
-                total = total + self.mtp_w[j] * self.cfg.item_head_weight * item_loss
+                assert self.cfg.item_head is not None
+                total = total + self.mtp_w[j] * self.cfg.item_head.weight * item_loss
             if j == 0 and self.ptd.refiner is not None:
                 target = F.layer_norm(self.embed.item(p[:, : self.levels]).detach(), (h.shape[-1],))
                 diff = self.ptd.refiner.loss(target, cond)
@@ -199,13 +200,14 @@ class GPRModel(nn.Module):
         self, b: Batch, trie: Trie, beam: int, eligible: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Trie-constrained beam search for every MTP head; union ranked by log-probability
-        (with the item head: log p_SID + item_head_alpha · log p_head).
+        (with the item head: log p_SID + item_head.alpha · log p_head).
 
         eligible: (P, A) bool over `trie.items` (None = every item). Returns item ids (P, N)
         (-1 padded, unique per row, best first) and their scores.
         """
         parts = self.candidates(b, trie, beam, eligible)
-        return rank_candidates(parts, self.cfg.item_head_alpha, beam)
+        alpha = self.cfg.item_head.alpha if self.cfg.item_head is not None else 0.0
+        return rank_candidates(parts, alpha, beam)
 
     @torch.no_grad()
     def candidates(
@@ -213,7 +215,7 @@ class GPRModel(nn.Module):
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per MTP head: candidate items (P, C) (-1 padded), their SID log p and their item-head
         log p (zeros without the head). The candidates are the head's beam, plus the item head's
-        top `item_head_widen` items, which get their exact SID log p (`path_logp`) so every
+        top `item_head.widen` items, which get their exact SID log p (`path_logp`) so every
         candidate is scored the same way."""
         h, ctx, ok = self.encode(b)
         counts = trie.eligible_counts(eligible) if eligible is not None else None
@@ -231,7 +233,8 @@ class GPRModel(nn.Module):
             lp_head = torch.log_softmax(lg, dim=-1)  # (P, A)
             if eligible is not None:
                 lp_head = lp_head.masked_fill(~eligible, -torch.inf)
-            widen = min(self.cfg.item_head_widen, lp_head.shape[1])
+            assert self.cfg.item_head is not None
+            widen = min(self.cfg.item_head.widen, lp_head.shape[1])
             if widen > 0:
                 top_lp, top_col = lp_head.topk(widen, dim=1)
                 p = prefix.shape[0]

@@ -4,9 +4,10 @@ All heads read the stop-gradient intent, so value learning never pulls the user 
 `value` (per prefix), `ctr` and `cvr` are logits trained with BCE on logged impressions (MTP);
 `critic` is HEPO's V(s, z_{1:l}) for l = 0..L in reward units (Eq. 10), trained only there.
 
-With `side` > 0 (`model.hte_side`), pCTR and pCVR also get a wide linear part on the candidate's
-side features (`serve.policy.hte_side_features`: its price, bid and age, the user's logged price
-level): what the semantic ID does not carry. Added by `--stage hte` (train/hte_distill.py).
+With `side` > 0 (`model.hte_features: [side]`), pCTR and pCVR also get a wide linear part on the
+candidate's side features (`policy.hte_features.hte_side_features`: its price, bid and age, the
+user's logged price level): what the semantic ID does not carry. Added by `--stage hte`
+(train/hte_distill.py).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ SIDE_FEATURES = (
     "user_has_ads",  # 1 if the history holds an ad impression
     "price_match",  # user_log_price x log_price
 )
-# with `model.hte_session`, appended after SIDE_FEATURES (serve.policy.session_side_features):
-# what the cascade's session-topic features read (docs/results/stages_analysis.md §14)
+# with `model.hte_features: [side, session]`, appended after SIDE_FEATURES
+# (policy.hte_features.session_side_features): what the cascade's session-topic features read
+# (docs/results/log/stages_analysis.md §14)
 SESSION_FEATURES = (
     "session_sub_share",  # share of the current session's organic views in the ad's subtopic
     "session_cat_share",  # ... in the ad's category

@@ -33,7 +33,7 @@ class ItemHead(nn.Module):
     ) -> None:
         super().__init__()
         if neighbours > 0 and content is None:
-            raise ValueError("model.item_head_neighbours needs the items' content table")
+            raise ValueError("model.item_head.neighbours needs the items' content table")
         self.neighbours = neighbours
         # the neighbour prior's weight, as log beta so that it stays positive and scales freely
         self.log_beta = nn.Parameter(torch.tensor(math.log(beta))) if neighbours > 0 else None

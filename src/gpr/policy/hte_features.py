@@ -1,5 +1,5 @@
 """HTE's side inputs for candidate ads: price, bid and age features, and the current session's
-organic views in the ad's subtopic / category (`model.hte_side`, `model.hte_session`)."""
+organic views in the ad's subtopic / category (`model.hte_features`: side, session)."""
 
 from __future__ import annotations
 
@@ -29,7 +29,9 @@ class ItemTopics:
     def from_items(cls, items: pa.Table, file: str | Path = "items") -> ItemTopics:
         missing = [c for c in ("item_id", "subtopic", "category") if c not in items.column_names]
         if missing:
-            raise GprInputError("missing column (model.hte_session)", file=file, field=missing[0])
+            raise GprInputError(
+                "missing column (model.hte_features: session)", file=file, field=missing[0]
+            )
         ids = items.column("item_id").to_numpy().astype(np.int64)
         out = {}
         for k in ("subtopic", "category"):
@@ -103,7 +105,7 @@ def hte_side_features(
 ) -> torch.Tensor:
     """(P, N, len(SIDE_FEATURES)) side features of candidate ad ids `items` (P, N) for the
     predictions of `b` on `days` (P,); rows of -1 / unknown items are 0. With `topics`
-    (`model.hte_session`) the SESSION_FEATURES follow."""
+    (`model.hte_features` session) the SESSION_FEATURES follow."""
     a = ads.index_of(items.numpy())
     ok = a >= 0
     a0 = np.maximum(a, 0)

@@ -9,7 +9,7 @@ simulator` serves with the simulator itself (docs/results/log/stages_analysis.md
 
     gpr train --stage hte --init VAFT --simulator CASCADE_RUN --out RUN_HTE
 
-With `--set model.hte_side=true` HTE also gets its wide part on the candidates' side features
+With `--set model.hte_features=[side]` HTE also gets its wide part on the candidates' side features
 (price, bid, age, the user's logged price level: model/hte.py), which the semantic ID does not
 carry and the simulator reads; it starts at 0 and is fitted with the heads.
 
@@ -152,20 +152,15 @@ def distill_hte(
         p = positions_for_split(j, prep.pred_mask, split)
         return np.sort(rng.choice(p, min(n, len(p)), replace=False))
 
-    if cfg.model.hte_session and not cfg.model.hte_side:
-        raise GprInputError("needs model.hte_side=true", field="model.hte_session")
-    want = {
-        "hte_side": cfg.model.hte_side,
-        "hte_session": cfg.model.hte_side and cfg.model.hte_session,
-    }
-    if want["hte_side"] and not model.cfg.hte_side:
-        model.hte.add_side(side_width(True, want["hte_session"]))
-        model.cfg = model.cfg.model_copy(update=want)
-    elif want["hte_session"] and not model.cfg.hte_session:
+    want = list(cfg.model.hte_features)
+    if cfg.model.hte_side and not model.cfg.hte_side:
+        model.hte.add_side(side_width(True, cfg.model.hte_session))
+        model.cfg = model.cfg.model_copy(update={"hte_features": want})
+    elif cfg.model.hte_session and not model.cfg.hte_session:
         raise GprInputError(
             "the init run's HTE already has side features without the session ones",
             file=init,
-            field="model.hte_session",
+            field="model.hte_features",
         )
     model.eval().requires_grad_(False)
     train_c = Candidates(model, ctx, sim, pick("train", ac.hte_requests), beam)
@@ -216,7 +211,7 @@ def distill_hte(
         with open(tmp / "metrics.jsonl", "w") as fh:
             fh.writelines(json.dumps(r) + "\n" for r in log)
         config = {**info["config"], "align": ac.model_dump(mode="json"), "seed": cfg.seed}
-        kept = {k: getattr(model.cfg, k) for k in ("hte_side", "hte_session")}
+        kept = {"hte_features": list(model.cfg.hte_features)}
         config["model"] = {**config["model"], **kept}
         info = {k: v for k, v in info.items() if k not in ("epochs_run", "train_windows")}
         info.update(
