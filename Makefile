@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/gpr demo --preset $(PRESET) --out $(OUT)
+	$(VENV)/bin/gpr demo --preset $(PRESET) --out $(OUT) --overwrite
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks experiments

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -32,12 +33,24 @@ data_app.add_typer(import_app, name="import")
 console = Console(stderr=True)
 
 ThreadsOpt = Annotated[
-    int, typer.Option("--threads", help="torch and BLAS threads; 0 = their defaults")
+    int, typer.Option("--threads", min=0, help="torch and BLAS threads; 0 = their defaults")
 ]
 PresetOpt = Annotated[str | None, typer.Option("--preset", help="tiny | small | base | large")]
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="YAML file of config fields")]
 SetOpt = Annotated[list[str] | None, typer.Option("--set", help="override: section.field=value")]
 SeedOpt = Annotated[int | None, typer.Option("--seed")]
+OverwriteOpt = Annotated[
+    bool, typer.Option("--overwrite", help="replace an existing, non-empty --out")
+]
+
+
+def _check_out(
+    out: Path, inputs: list[Path | None], overwrite: bool = False, kind: str = "dir"
+) -> None:
+    """Refuse a bad --out before any work starts (core.io.check_out)."""
+    from gpr.core.io import check_out
+
+    check_out(out, [i for i in inputs if i is not None], overwrite, kind)
 
 
 def _config(
@@ -57,10 +70,12 @@ def world_generate(
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Generate users, items (organic + ads), events and the hidden truth into OUT."""
     from gpr.world import generate_world
 
+    _check_out(out, [], overwrite)
     cfg = _config(preset, config, sets, seed)
 
     def progress(day: int, s: dict[str, Any]) -> None:
@@ -99,10 +114,12 @@ def import_amazon_cmd(
     meta: Annotated[Path, typer.Option("--meta", help="item_meta.tsv")],
     out: Annotated[Path, typer.Option("--out")],
     name: Annotated[str | None, typer.Option("--name")] = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Amazon 2014 5-core (Beauty, Sports) with the leave-one-out split."""
     from gpr.data.amazon import import_amazon
 
+    _check_out(out, [seq, meta], overwrite)
     m = import_amazon(seq, meta, out, name)
     _imported(m, out)
 
@@ -113,10 +130,12 @@ def import_ml100k_cmd(
     data_dir: Annotated[
         Path, typer.Option("--dir", help="folder with u.data, u.item, u.user")
     ] = Path("../shared/data/movielens_100k"),
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """MovieLens-100K as implicit time-ordered sequences with the leave-one-out split."""
     from gpr.data.movielens import import_ml100k
 
+    _check_out(out, [data_dir], overwrite)
     m = import_ml100k(data_dir, out)
     _imported(m, out)
 
@@ -164,10 +183,12 @@ def tokenize_cmd(
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Semantic IDs for every item (sids.parquet, tokenizer weights, metrics.json)."""
     from gpr.tokenizer.pipeline import compare_table, run_compare, run_tokenize
 
+    _check_out(out, [data], overwrite)
     extra = [f"tokenizer.method={method}"] if method is not None else []
     cfg = _config(preset, config, [*(sets or []), *extra], seed)
     if compare:
@@ -197,12 +218,14 @@ def train_cmd(
     seed: SeedOpt = None,
     config: ConfigOpt = None,
     sets: SetOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Train a model; periodic validation, early stopping, safetensors checkpoints, loss plot.
 
     Stages after MTP start from --init RUN and score ads with --simulator CASCADE_RUN.
     """
     cfg = _config(preset, config, sets, seed)
+    _check_out(out, [data, sids, init, simulator, reference], overwrite)
     if stage != "mtp":
         _print_json(_train_stage(stage, init, simulator, cfg, out, arr, reference))
         return
@@ -250,6 +273,13 @@ def _train_stage(
         )
     if init is None or not (init / "run.json").exists():
         raise GprInputError("--init RUN (a trained run) is required", file=init, field="init")
+    from gpr.core.run import Run
+    from gpr.model.registry import MODELS
+
+    if (kind := Run.load(init).model) not in MODELS:
+        raise GprInputError(
+            f"--init needs a generative run, not a {kind} run", file=init, field="init"
+        )
     if simulator is None:
         raise GprInputError("--simulator CASCADE_RUN is required", field="simulator")
     if arr and stage != "hepo":
@@ -278,9 +308,9 @@ def eval_cmd(
     run: Annotated[Path, typer.Option("--run", help="run directory")],
     out: Annotated[Path | None, typer.Option("--out", help="write the metrics JSON here")] = None,
     split: str = "test",
-    beam: int | None = None,
+    beam: Annotated[int | None, typer.Option("--beam", min=1)] = None,
     limit: Annotated[
-        int | None, typer.Option("--limit", help="evaluate at most N predictions")
+        int | None, typer.Option("--limit", min=1, help="evaluate at most N predictions")
     ] = None,
     data: Annotated[
         Path | None, typer.Option("--data", help="dataset (default: the run's)")
@@ -288,16 +318,17 @@ def eval_cmd(
     value: Annotated[
         bool, typer.Option("--value", help="ad world: nDCG / OPR / final_value over K candidates")
     ] = False,
-    k: Annotated[int, typer.Option("--k", help="--value: candidates per request")] = 40,
+    k: Annotated[int, typer.Option("--k", min=1, help="--value: candidates per request")] = 40,
     threads: ThreadsOpt = 1,
 ) -> None:
     """Generative runs: Recall/NDCG@5,10, HitRate@100. Cascade runs: ranking AUC / GAUC."""
     from gpr.core.io import write_json
+    from gpr.core.run import Run
     from gpr.core.runtime import set_threads
 
+    if out is not None:
+        _check_out(out, [run, data], kind="file")
     set_threads(threads or None)
-    from gpr.core.run import Run
-
     info = Run.load(run).info
     if value:
         from gpr.eval.value import value_eval
@@ -324,8 +355,8 @@ def simulate_cmd(
     data: Annotated[Path, typer.Option("--data", help="ad-world dataset directory")],
     out: Annotated[Path | None, typer.Option("--out", help="write sim.json here")] = None,
     split: str = "test",
-    batch_size: int = 512,
-    max_requests: int | None = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 512,
+    max_requests: Annotated[int | None, typer.Option("--max-requests", min=1)] = None,
     seed: int = 0,
     sets: Annotated[
         list[str] | None,
@@ -337,6 +368,8 @@ def simulate_cmd(
     from gpr.core.runtime import set_threads
     from gpr.eval.simulate import simulate_spec
 
+    if out is not None:
+        _check_out(out, [data, Path(policy)], kind="file")
     set_threads(threads or None)
     res = simulate_spec(policy, data, split, out, batch_size, max_requests, seed, sets)
     _print_json({k: v for k, v in res.items() if k != "segments"})
@@ -356,6 +389,7 @@ def run_convert(
     """Convert a run saved before manifest.json and catalogue/ into the current layout."""
     from gpr.model.registry import convert_run
 
+    _check_out(out, [run, data, sids])
     info = convert_run(run, out, data, sids)
     _print_json({k: info.get(k) for k in ("model", "stage", "format", "data", "sids")})
 
@@ -373,30 +407,63 @@ def demo(
     beauty: Annotated[
         bool, typer.Option("--beauty", help="also MiniLM + semantic IDs of Amazon Beauty (~8 min)")
     ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """The whole pipeline that exists, on the default data, ending in OUT/report.md with plots."""
     from gpr.demo import run_demo
 
+    _check_out(out, [shared], overwrite)
     run_demo(_config(preset, config, sets, seed), out, shared, beauty=beauty)
 
 
-def main() -> None:
-    try:
-        app(standalone_mode=False)
-    except GprInputError as e:
-        print(f"gpr: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except typer.Exit as e:
-        sys.exit(e.exit_code)
-    except typer.Abort:
-        sys.exit(1)
-    except Exception as e:  # click usage errors and the like
-        import click
+_signal: list[int] = []  # the signal that stopped the command, if one did
 
-        if isinstance(e, click.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
+
+def _on_signal(signum: int, frame: object) -> None:
+    """SIGINT / SIGTERM become a KeyboardInterrupt where the process is, so the temp outputs of
+    `atomic_dir` are removed on the way out; typer turns it into exit code 130."""
+    _signal.append(signum)
+    raise KeyboardInterrupt
+
+
+def main() -> None:
+    """Every failure ends as one line on stderr and a non-zero exit: 2 for bad input (usage,
+    options, config, files), 130 / 143 for SIGINT / SIGTERM (partial outputs removed), 1 for an
+    internal error. `--debug` anywhere shows the traceback instead."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
+    try:
+        rc = app(standalone_mode=False)
+    except GprInputError as e:
+        _fail(f"error: {e}", 2, debug)
+    except KeyboardInterrupt:
+        rc = 130
+    except Exception as e:
+        if hasattr(e, "format_message") and hasattr(e, "exit_code"):  # click's (typer's) errors
+            if type(e).__name__ == "NoArgsIsHelpError":
+                sys.exit(0)  # the help was printed
+            ctx = getattr(e, "ctx", None)
+            where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            _fail(f"error: {e.format_message()}{where}", 2 if e.exit_code else 0, debug)
+        if isinstance(e, typer.Exit) or type(e).__name__ == "Exit":
+            sys.exit(getattr(e, "exit_code", 0))
+        _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug)", 1, debug)
+    if rc == 130 or _signal:  # typer's code for an interrupt
+        term = signal.SIGTERM in _signal
+        name = "terminated (SIGTERM)" if term else "interrupted (Ctrl-C)"
+        _fail(f"{name}; partial outputs were removed", 143 if term else 130, False)
+    if isinstance(rc, int) and rc:
+        sys.exit(rc)
+
+
+def _fail(message: str, code: int, debug: bool) -> NoReturn:
+    if debug and code not in (0,):
         raise
+    print(f"gpr: {message}", file=sys.stderr)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -18,10 +18,22 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gpr.core.errors import GprInputError
 
 PRESETS = ("tiny", "small", "base", "large")
+NUMBERS = (int, float, int | None, float | None)
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_numbers(cls, data: Any) -> Any:
+        """YAML's `true` is not a number (pydantic would read `epochs: true` as 1)."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if isinstance(value, bool) and field is not None and field.annotation in NUMBERS:
+                    raise ValueError(f"{name}: expected a number, got {value!r}")
+        return data
 
 
 class WorldConfig(_Strict):
@@ -84,6 +96,18 @@ class WorldConfig(_Strict):
     rank_noise: float = Field(0.2, ge=0)
     reserve_share: float = Field(0.1, ge=0, le=1)
     budget_chunk: int = Field(512, ge=1)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> WorldConfig:
+        if self.n_days <= self.valid_days + self.test_days:
+            raise ValueError("n_days must leave at least one train day after valid and test days")
+        if self.min_lifespan_days > self.max_lifespan_days:
+            raise ValueError("min_lifespan_days must not exceed max_lifespan_days")
+        if self.margin_low > self.margin_high:
+            raise ValueError("margin_low must not exceed margin_high")
+        if min(self.tier_probs) < 0 or abs(sum(self.tier_probs) - 1) > 1e-6:
+            raise ValueError("tier_probs must be non-negative and sum to 1")
+        return self
 
 
 class TokenizerConfig(_Strict):
@@ -170,6 +194,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelConfig:
+        if self.d_model % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide d_model ({self.d_model})")
         if "sid" not in self.inputs:
             raise ValueError("inputs must include 'sid' (outputs are semantic IDs)")
         if "session" in self.hte_features and "side" not in self.hte_features:
@@ -455,6 +481,13 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
+def _message(err: Any) -> str:
+    """A pydantic error as one line: the message, and the value when it is a single one."""
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    value = err.get("input")
+    return msg if isinstance(value, dict) else f"{msg} (got {value!r})"
+
+
 def serve_config(run_config: dict[str, Any], overrides: list[str] | None = None) -> ServeConfig:
     """A run's serve section with `serve.field=value` overrides (`gpr simulate --set`)."""
     data = upgrade({"serve": run_config.get("serve", {})})["serve"]
@@ -468,7 +501,7 @@ def serve_config(run_config: dict[str, Any], overrides: list[str] | None = None)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(["serve", *(str(p) for p in err["loc"])])
-        raise GprInputError(f"{err['msg']} (got {err.get('input')!r})", field=loc) from None
+        raise GprInputError(_message(err), field=loc) from None
 
 
 def _set(data: dict[str, Any], keys: list[str], value: Any, item: str) -> None:
@@ -494,9 +527,11 @@ def load_config(
         if not path.exists():
             raise GprInputError("config file not found", file=path)
         try:
-            user = yaml.safe_load(path.read_text()) or {}
+            user = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise GprInputError(f"invalid YAML: {e}", file=path) from None
+        if user is None:
+            raise GprInputError("config file is empty (name a preset: `preset: small`)", file=path)
         if not isinstance(user, dict):
             raise GprInputError("config must be a mapping", file=path)
     name = preset or user.get("preset") or "small"
@@ -514,6 +549,4 @@ def load_config(
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise GprInputError(
-            f"{err['msg']} (got {err.get('input')!r})", file=file, field=loc
-        ) from None
+        raise GprInputError(_message(err), file=file, field=loc) from None

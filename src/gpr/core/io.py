@@ -8,7 +8,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +19,59 @@ import pyarrow.parquet as pq
 from gpr.core.errors import GprInputError
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(out: Path) -> list[Path]:
+    """Remove the temp dirs that dead processes left beside `out` (killed by SIGKILL or a power
+    cut, nothing could clean up); returns what was removed."""
+    gone = []
+    for p in out.parent.glob(f".{out.name}.tmp-*"):
+        pid = p.name[len(f".{out.name}.tmp-") :].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+            gone.append(p)
+    return gone
+
+
+def check_out(
+    out: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False, kind: str = "dir"
+) -> None:
+    """Before any work: refuse an `out` that is an input, lies inside one or holds one; an
+    existing non-empty one without `overwrite` (a directory output; `kind="file"` refuses a
+    directory); and a place that cannot be written."""
+    out = Path(out).resolve()
+    for i in inputs:
+        src = Path(i).resolve()
+        if out == src or src in out.parents or out in src.parents:
+            raise GprInputError(f"--out would write over the input {i}", file=out, field="out")
+    if kind == "file":
+        if out.is_dir():
+            raise GprInputError("--out is a directory; give a file path", file=out, field="out")
+    elif not overwrite and (out.is_file() or (out.is_dir() and any(out.iterdir()))):
+        raise GprInputError("exists and is not empty; pass --overwrite", file=out, field="out")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise GprInputError("cannot write here", file=parent, field="out")
+
+
 @contextlib.contextmanager
 def atomic_dir(out: str | Path, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temp dir beside `out`; on success it replaces `out`, on error it is removed."""
+    """Yield a temp dir beside `out`; on success it replaces `out`, on error it is removed.
+    Temp dirs are named with the pid, so the ones of dead processes are removed on the next run."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    remove_stale_temps(out)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-{os.getpid()}-", dir=out.parent))
     try:
         yield tmp
     except BaseException:
