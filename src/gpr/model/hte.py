@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# the candidate's side features, in order (computed by serve.policy.hte_side_features)
+# the candidate's side features, in order (computed by policy.hte_features.hte_side_features)
 SIDE_FEATURES = (
     "log_price",  # log product price - LOG_PRICE_CENTRE (market.ads)
     "log_bid",  # log bid - LOG_BID_CENTRE
