@@ -44,6 +44,10 @@ def test_demo_tiny_writes_report_and_plots(tmp_path: Path) -> None:
         "semantic IDs (world)",
         "train GPR (MTP)",
     ]
+    steps = {s["step"] for s in saved["steps"]}
+    assert {"train cascade (2nd process)", "evaluate GPR retrieval (test) (2nd process)"} <= steps
+    assert "hitrate@100" in res["retrieval"] and "| hitrate@100 |" in text
+    assert "`gpr demo --beauty` runs it" in text  # the Beauty part was off
     assert not list(out.glob(".*"))  # no temp files left behind
 
 

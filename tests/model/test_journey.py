@@ -8,9 +8,9 @@ from gpr.core.metrics import ndcg_at, recall_at, retrieval_metrics, target_ranks
 from gpr.model.journey import (
     E,
     I,
-    Journeys,
     O,
     SidTable,
+    TokenStreams,
     U,
     collate,
     make_windows,
@@ -21,7 +21,7 @@ from gpr.model.journey import (
 )
 
 
-def _journeys() -> Journeys:
+def _journeys() -> TokenStreams:
     # user 0: U O E I(10) O E I(11) E I(12) ; user 1: U O E I(13) E(no ad) O E I(14)
     t0 = [U, O, E, I, O, E, I, E, I]
     t1 = [U, O, E, I, E, O, E, I]
@@ -30,7 +30,7 @@ def _journeys() -> Journeys:
     req = np.array([-1, -1, 0, 0, -1, 1, 1, 2, 2] + [-1, -1, 3, 3, 4, -1, 5, 5])
     split = np.array([0, 0, 0, 0, 0, 0, 0, 2, 2] + [0, 0, 0, 0, 1, 1, 1, 1])
     n = len(ttype)
-    return Journeys(
+    return TokenStreams(
         indptr=np.array([0, 9, n]),
         users=np.array([0, 1]),
         ttype=ttype,

@@ -8,7 +8,7 @@ import torch
 from gpr.cascade.simulator import Simulator
 from gpr.market.ads import Users
 from gpr.model.gpr import GPRModel
-from gpr.model.journey import E, Journeys, positions_for_split
+from gpr.model.journey import E, TokenStreams, positions_for_split
 from gpr.model.prepare import Prepared
 from gpr.train.arr import synthetic_requests
 
@@ -16,13 +16,13 @@ F64 = torch.float64
 
 
 # --- ARR ---------------------------------------------------------------------------------------
-def _hand_journeys() -> tuple[Journeys, Users]:
+def _hand_journeys() -> tuple[TokenStreams, Users]:
     """Two users (ids 10: tier 2, 20: tier 0), five tokens each; field[p] = 10 p + (0, 1, 2, 3)."""
     t = 10
     day = np.zeros(t, dtype=np.int64)
     day[[3, 4]] = 1
     day[8] = 2
-    j = Journeys(
+    j = TokenStreams(
         indptr=np.array([0, 5, 10]),
         users=np.array([10, 20]),
         ttype=np.full(t, E),

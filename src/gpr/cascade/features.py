@@ -163,7 +163,7 @@ class Catalog:
 
 
 @dataclass
-class Requests:
+class RequestFeatures:
     """Features of B requests (numpy; `tensors` converts a slice)."""
 
     user: np.ndarray  # (B,) user id + 1
@@ -183,8 +183,8 @@ class Requests:
     def __len__(self) -> int:
         return len(self.user)
 
-    def take(self, idx: np.ndarray) -> Requests:
-        return Requests(**{k: v[idx] for k, v in self.__dict__.items()})
+    def take(self, idx: np.ndarray) -> RequestFeatures:
+        return RequestFeatures(**{k: v[idx] for k, v in self.__dict__.items()})
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.__dict__.items()}
@@ -215,7 +215,7 @@ def request_features(
     n_ads: int,
     n_long: int,
     chunk: int = 4096,
-) -> Requests:
+) -> RequestFeatures:
     """Features of the requests whose E rows are at `pos` (history strictly before them)."""
     pos = np.asarray(pos, dtype=np.int64)
     if len(pos) > chunk:
@@ -223,7 +223,7 @@ def request_features(
             request_features(jour, users, cat, pos[i : i + chunk], n_organic, n_ads, n_long)
             for i in range(0, len(pos), chunk)
         ]
-        return Requests(
+        return RequestFeatures(
             **{k: np.concatenate([getattr(p, k) for p in parts]) for k in parts[0].__dict__}
         )
     uid = jour.user[pos]
@@ -258,7 +258,7 @@ def request_features(
         ],
         1,
     )
-    return Requests(
+    return RequestFeatures(
         user=(uid + 1).astype(np.int64),
         demo=np.clip(demo + 1, 0, np.asarray(DEMO_SIZES) - 1).astype(np.int64),
         env=np.clip(env, 0, np.asarray(ENV_SIZES) - 1).astype(np.int64),

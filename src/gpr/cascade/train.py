@@ -25,7 +25,7 @@ import torch
 from safetensors.torch import save_file
 
 from gpr.cascade.config import CascadeConfig
-from gpr.cascade.features import Catalog, Requests, request_features
+from gpr.cascade.features import Catalog, RequestFeatures, request_features
 from gpr.cascade.ranking import RankingModel, esmm_loss
 from gpr.cascade.retrieval import RetrievalModel
 from gpr.core.config import RuntimeConfig
@@ -40,7 +40,7 @@ from gpr.market.journeys import LogData
 
 @dataclass
 class Impressions:
-    req: Requests
+    req: RequestFeatures
     ad: np.ndarray  # ad index of the shown ad
     click: np.ndarray  # float32 0/1 (conversions count as clicks)
     conv: np.ndarray

@@ -1,5 +1,9 @@
 """Journeys as model tokens (spec §1.2): U/O/E/I streams per user, windows, batches and targets.
 
+`TokenStreams` is the model's view of the events: the same rows as the log index
+`market.journeys.Journeys`, with each user's U tokens rebuilt from users.parquet and the E fields
+packed for the embedding.
+
 Token fields, per position:
 - ttype: 0 U, 1 O, 2 E, 3 I, -1 padding.
 - codes (L,): semantic-ID path of the O/I item (pad = codebook_size elsewhere).
@@ -69,7 +73,7 @@ class SidTable:
 
 
 @dataclass
-class Journeys:
+class TokenStreams:
     """Every user's token stream, concatenated user after user (CSR by `indptr`)."""
 
     indptr: np.ndarray  # (n_users + 1,)
@@ -89,7 +93,7 @@ class Journeys:
         return len(self.users)
 
 
-def build_journeys(ds: Dataset) -> Journeys:
+def build_journeys(ds: Dataset) -> TokenStreams:
     """Group events by user (stable, so each user's events stay in journey order)."""
     ev_user = ds.col("events", "user_id")
     ttype = _codes(ds.col("events", "token_type"), TYPE_CODE)
@@ -138,7 +142,7 @@ def build_journeys(ds: Dataset) -> Journeys:
     for g in range(n_u):
         out_day[indptr[:-1] + g] = out_day[first_body]
         out_split[indptr[:-1] + g] = out_split[first_body]
-    return Journeys(
+    return TokenStreams(
         indptr,
         uid_sorted,
         out_t,
@@ -159,7 +163,7 @@ def _codes(values: np.ndarray, mapping: dict[str, int]) -> np.ndarray:
     return np.asarray([mapping[u] for u in uniq], dtype=np.int64)[inv]
 
 
-def next_targets(j: Journeys, n_heads: int) -> np.ndarray:
+def next_targets(j: TokenStreams, n_heads: int) -> np.ndarray:
     """(T, n_heads): item of the h-th I token after each position, same user; -1 if none."""
     is_i = j.ttype == I
     rank = np.cumsum(is_i)  # I tokens at or before each position (global)
@@ -175,7 +179,7 @@ def next_targets(j: Journeys, n_heads: int) -> np.ndarray:
     return out
 
 
-def prediction_mask(j: Journeys, targets: np.ndarray) -> np.ndarray:
+def prediction_mask(j: TokenStreams, targets: np.ndarray) -> np.ndarray:
     """Positions that predict: E tokens followed by their own I (ad world), else I tokens."""
     if (j.ttype == E).any():
         nxt = np.r_[j.ttype[1:], PAD]
@@ -186,13 +190,13 @@ def prediction_mask(j: Journeys, targets: np.ndarray) -> np.ndarray:
 
 @dataclass
 class Window:
-    user: int  # index into Journeys.users
+    user: int  # index into TokenStreams.users
     start: int  # absolute token index of the first body token
     end: int  # exclusive
     own_from: int  # predictions at absolute positions >= own_from belong to this window
 
 
-def make_windows(j: Journeys, max_len: int, positions: np.ndarray) -> list[Window]:
+def make_windows(j: TokenStreams, max_len: int, positions: np.ndarray) -> list[Window]:
     """Cover every wanted prediction position once, each with up to max_len - n_U tokens of context.
 
     Windows of the body tokens advance by half a window; each owns the positions after the
@@ -255,7 +259,7 @@ class Batch:
 
 
 def collate(
-    j: Journeys,
+    j: TokenStreams,
     windows: list[Window],
     sids: SidTable,
     targets: np.ndarray,
@@ -324,7 +328,7 @@ def collate(
     )
 
 
-def target_rows(j: Journeys, pos: np.ndarray, n_heads: int) -> np.ndarray:
+def target_rows(j: TokenStreams, pos: np.ndarray, n_heads: int) -> np.ndarray:
     """(len(pos), n_heads) token index of the h-th next I token after each position (-1: none).
 
     May belong to a later user; `next_targets` / `collate` decide whether the target counts.
@@ -337,13 +341,13 @@ def target_rows(j: Journeys, pos: np.ndarray, n_heads: int) -> np.ndarray:
     return np.where(k < len(i_pos), i_pos[np.minimum(k, len(i_pos) - 1)], -1)
 
 
-def _target_split(j: Journeys, pos: np.ndarray, n_heads: int) -> np.ndarray:
+def _target_split(j: TokenStreams, pos: np.ndarray, n_heads: int) -> np.ndarray:
     """Split of the h-th next I token after each position (the token that holds the label)."""
     rows = target_rows(j, pos, n_heads)
     return np.where(rows >= 0, j.split[np.maximum(rows, 0)], -1)
 
 
-def tail_windows(j: Journeys, positions: np.ndarray, max_len: int) -> list[Window]:
+def tail_windows(j: TokenStreams, positions: np.ndarray, max_len: int) -> list[Window]:
     """One window per position, ending at it, with as much past as fits (evaluation)."""
     body = max_len - j.n_user_tokens
     user_of = np.searchsorted(j.indptr, positions, side="right") - 1
@@ -355,7 +359,7 @@ def tail_windows(j: Journeys, positions: np.ndarray, max_len: int) -> list[Windo
     ]
 
 
-def positions_for_split(j: Journeys, pred_mask: np.ndarray, split: str) -> np.ndarray:
+def positions_for_split(j: TokenStreams, pred_mask: np.ndarray, split: str) -> np.ndarray:
     """Prediction positions whose first target (the label) lies in `split`."""
     pos = np.nonzero(pred_mask)[0]
     return pos[_target_split(j, pos, 1)[:, 0] == SPLIT_CODE[split]]

@@ -20,8 +20,8 @@ from gpr.model.journey import (
     Batch,
     E,
     I,
-    Journeys,
     SidTable,
+    TokenStreams,
     Window,
     build_journeys,
     collate,
@@ -40,7 +40,7 @@ TABLES = "catalogue.safetensors"
 
 @dataclass
 class Prepared:
-    journeys: Journeys
+    journeys: TokenStreams
     sids: SidTable
     trie: Trie
     targets: np.ndarray

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from gpr.data.schema import Dataset
-from gpr.model.journey import I, Journeys, O, Window
+from gpr.model.journey import I, O, TokenStreams, Window
 
 Template = Callable[[list[str]], list[str]]
 
@@ -76,7 +76,7 @@ def cached_topic_table(
 
 
 def window_thoughts(
-    j: Journeys, windows: list[Window], item_topic: np.ndarray, k: int, clicks_only: bool
+    j: TokenStreams, windows: list[Window], item_topic: np.ndarray, k: int, clicks_only: bool
 ) -> np.ndarray:
     """(B, k) the user's k most frequent topics before each window (ties: most recent), -1 pad.
 

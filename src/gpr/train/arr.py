@@ -14,12 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from gpr.market.ads import Users
-from gpr.model.journey import Journeys
+from gpr.model.journey import TokenStreams
 from gpr.policy.rollout import RequestSet
 
 
 def synthetic_requests(
-    j: Journeys,
+    j: TokenStreams,
     users: Users,
     positions: np.ndarray,
     per_tier: tuple[int, int, int],

@@ -21,7 +21,7 @@ from gpr.cascade.simulator import Simulator
 from gpr.core.config import GprConfig
 from gpr.core.errors import GprInputError
 from gpr.core.io import read_json
-from gpr.model.journey import SPLIT_CODE, I, Journeys
+from gpr.model.journey import SPLIT_CODE, I, TokenStreams
 from gpr.model.prepare import Prepared
 from gpr.train.mtp import train
 
@@ -54,7 +54,7 @@ def value_weights(
 
 
 def token_weights(
-    j: Journeys, sim: Simulator, mode: str = "paper", clip: tuple[float, float] = (0.1, 10.0)
+    j: TokenStreams, sim: Simulator, mode: str = "paper", clip: tuple[float, float] = (0.1, 10.0)
 ) -> np.ndarray:
     """(T,) ω^V of every train-split I token of the model journeys (1 elsewhere)."""
     rows = np.nonzero((j.ttype == I) & (j.split == SPLIT_CODE["train"]) & (j.request >= 0))[0]
