@@ -140,3 +140,11 @@ def test_failed_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     with pytest.raises(RuntimeError):
         generate_world(cfg.world, 1, tmp_path / "w", "tiny")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_files_edited_after_the_manifest_are_refused(copy: Path) -> None:
+    """A valid but edited events file no longer matches the manifest's content hash."""
+    _rewrite(copy / "events.parquet", lambda t: t.slice(0, t.num_rows - 1))
+    with pytest.raises(GprInputError, match="content_hash") as e:
+        load_dataset(copy)
+    assert e.value.field == "content_hash"

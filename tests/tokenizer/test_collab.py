@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from gpr.core.config import load_config
+from gpr.core.io import content_hash
 from gpr.tokenizer.collab import ppmi_svd, with_collab
 from gpr.tokenizer.pipeline import run_tokenize
 
@@ -49,6 +51,10 @@ def _shuffle_held_out(src: Path, dst: Path) -> None:
     items[held] = rng.permutation(items[held])
     ev = ev.set_column(ev.schema.get_field_index("item_id"), "item_id", pa.array(items))
     pq.write_table(ev, dst / "events.parquet")
+    manifest = json.loads((dst / "manifest.json").read_text())
+    files = [dst / f"{n}.parquet" for n in ("users", "items", "events")]
+    manifest["content_hash"] = content_hash(files)  # a valid dataset, written anew
+    (dst / "manifest.json").write_text(json.dumps(manifest))
 
 
 def test_held_out_events_do_not_change_the_vectors(tiny_world: Path, tmp_path: Path) -> None:

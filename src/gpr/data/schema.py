@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from gpr.core.errors import GprInputError
-from gpr.core.io import read_json
+from gpr.core.io import content_hash, read_json
 
 TOKEN_TYPES = ("U", "O", "E", "I")
 ITEM_KINDS = ("organic", "ad")
@@ -202,4 +202,10 @@ def load_dataset(root: str | Path) -> Dataset:
     check_known(ep, ev_users, user_ids, "user_id", allow_missing=False)
     check_known(ep, events.column("item_id").to_numpy(), item_ids, "item_id", allow_missing=True)
     check_monotonic(ep, ev_users, events.column("timestamp").to_numpy())
+    if "content_hash" in manifest and manifest["content_hash"] != content_hash([up, ip, ep]):
+        raise GprInputError(
+            "the data files do not match the manifest's content_hash (edited after writing?)",
+            file=root / "manifest.json",
+            field="content_hash",
+        )
     return Dataset(root, users, items, events, manifest)
