@@ -148,3 +148,16 @@ def test_files_edited_after_the_manifest_are_refused(copy: Path) -> None:
     with pytest.raises(GprInputError, match="content_hash") as e:
         load_dataset(copy)
     assert e.value.field == "content_hash"
+
+
+@pytest.mark.parametrize("column", ["bid", "price", "budget"])
+def test_an_ad_with_a_negative_value_is_named(copy: Path, column: str) -> None:
+    items = pq.read_table(copy / "items.parquet")
+    kind = items.column("kind").to_numpy(zero_copy_only=False).astype(str)
+    row = int(np.nonzero(kind == "ad")[0][3])
+    values = items.column(column).to_numpy(zero_copy_only=False).copy()
+    values[row] = -1.0
+    _rewrite(copy / "items.parquet", lambda t: _set(t, column, values))
+    with pytest.raises(GprInputError, match=f"positive {column}") as e:
+        load_dataset(copy)
+    assert (e.value.field, e.value.row) == (column, row)

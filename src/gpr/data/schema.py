@@ -141,6 +141,27 @@ def check_unique(path: Path, ids: np.ndarray, column: str) -> None:
         raise GprInputError(f"duplicate id {ids[i]}", file=path, row=i, field=column)
 
 
+def check_ads(path: Path, items: pa.Table) -> None:
+    """Ads of an ad market (those with a bid; public datasets' targets have none) have a positive,
+    finite bid, price and budget, and end after they start."""
+    ads = items.column("kind").to_numpy(zero_copy_only=False).astype(str) == "ad"
+    market = ads & ~np.isnan(items.column("bid").to_numpy(zero_copy_only=False).astype(np.float64))
+    for column in ("bid", "price", "budget"):
+        v = items.column(column).to_numpy(zero_copy_only=False).astype(np.float64)
+        bad = market & ~(np.isfinite(v) & (v > 0))
+        if bad.any():
+            i = _first_bad(bad)
+            raise GprInputError(
+                f"an ad needs a positive {column}, got {v[i]}", file=path, row=i, field=column
+            )
+    start = items.column("created_day").to_numpy(zero_copy_only=False)
+    end = items.column("end_day").to_numpy(zero_copy_only=False)
+    bad = market & (end <= start)
+    if bad.any():
+        i = _first_bad(bad)
+        raise GprInputError("an ad must end after it starts", file=path, row=i, field="end_day")
+
+
 def check_known(
     path: Path, ids: np.ndarray, known: np.ndarray, column: str, allow_missing: bool
 ) -> None:
@@ -196,6 +217,7 @@ def load_dataset(root: str | Path) -> Dataset:
     check_unique(up, user_ids, "user_id")
     check_unique(ip, item_ids, "item_id")
     check_values(ip, items, "kind", ITEM_KINDS)
+    check_ads(ip, items)
     check_values(ep, events, "token_type", TOKEN_TYPES)
     check_values(ep, events, "split", SPLITS)
     ev_users = events.column("user_id").to_numpy()
