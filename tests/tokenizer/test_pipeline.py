@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import zlib
 from pathlib import Path
 from typing import Any
@@ -291,3 +292,21 @@ def test_minilm_on_beauty_titles(shared_data: Path, tmp_path: Path) -> None:
     sim = x @ x.T
     assert sim[0, 20] > 0.9
     assert sim[0, 20] > np.delete(sim[0], [0, 20]).max()
+
+
+def test_an_edited_items_file_invalidates_the_embedding_cache(
+    tiny_world: Path, tmp_path: Path
+) -> None:
+    """The cache is keyed by items.parquet's own bytes: editing a title (the manifest untouched)
+    makes the cached embeddings stale rather than silently reused."""
+    from gpr.tokenizer.embed import data_hash
+
+    ds = tmp_path / "ds"
+    shutil.copytree(tiny_world, ds)
+    before = data_hash(ds)
+    items = pq.read_table(ds / "items.parquet")
+    titles = items.column("title").to_pylist()
+    titles[0] = titles[0] + " (edited)"
+    i = items.column_names.index("title")
+    pq.write_table(items.set_column(i, "title", pa.array(titles)), ds / "items.parquet")
+    assert data_hash(ds) != before

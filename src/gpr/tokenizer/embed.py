@@ -6,8 +6,8 @@ Public data (Amazon) embeds title + attributes with all-MiniLM-L6-v2 from the
 
 Cache: DIR/embeddings/{embeddings.npy (n, d) float32, items.npy (n,) int64, meta.json}, written
 atomically, rows in items.parquet order. It is reused when meta.json names the same source,
-model, text recipe, item count and data hash (manifest.json `content_hash`, else the SHA-256
-of items.parquet).
+model, text recipe, item count and data hash (the SHA-256 of items.parquet, so an edited items
+file is never served stale embeddings).
 """
 
 from __future__ import annotations
@@ -61,14 +61,9 @@ def read_items(data_dir: str | Path) -> pa.Table:
 
 
 def data_hash(data_dir: str | Path) -> str:
-    """The dataset's manifest `content_hash`; the SHA-256 of items.parquet if there is none."""
-    root = Path(data_dir)
-    manifest = root / "manifest.json"
-    if manifest.exists():
-        h = read_json(manifest).get("content_hash")
-        if isinstance(h, str) and h:
-            return h
-    return "items-sha256:" + file_sha256(root / "items.parquet")
+    """What the embeddings are computed from: the SHA-256 of items.parquet itself (not the
+    manifest's hash, which an edit of the file would not change)."""
+    return "items-sha256:" + file_sha256(Path(data_dir) / "items.parquet")
 
 
 def item_texts(items: Any) -> list[str]:
