@@ -276,7 +276,7 @@ def _train_stage(
     from gpr.core.run import Run
     from gpr.model.registry import MODELS
 
-    if (kind := Run.load(init).model) not in MODELS:
+    if (kind := Run.load(init, verify=False).model) not in MODELS:
         raise GprInputError(
             f"--init needs a generative run, not a {kind} run", file=init, field="init"
         )
@@ -329,7 +329,7 @@ def eval_cmd(
     if out is not None:
         _check_out(out, [run, data], kind="file")
     set_threads(threads or None)
-    info = Run.load(run).info
+    info = Run.load(run, verify=False).info  # which kind of run; its loader checks the hashes
     if value:
         from gpr.eval.value import value_eval
 
@@ -447,8 +447,8 @@ def main() -> None:
                 sys.exit(0)  # the help was printed
             ctx = getattr(e, "ctx", None)
             where = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
-            _fail(f"error: {e.format_message()}{where}", 2 if e.exit_code else 0, debug)
-        if isinstance(e, typer.Exit) or type(e).__name__ == "Exit":
+            _fail(f"error: {e.format_message()}{where}", 2, debug)
+        if isinstance(e, typer.Exit):
             sys.exit(getattr(e, "exit_code", 0))
         _fail(f"internal error: {type(e).__name__}: {e} (rerun with --debug)", 1, debug)
     if rc == 130 or _signal:  # typer's code for an interrupt
@@ -460,7 +460,8 @@ def main() -> None:
 
 
 def _fail(message: str, code: int, debug: bool) -> NoReturn:
-    if debug and code not in (0,):
+    """Print one line and exit; with `debug`, re-raise the exception being handled instead."""
+    if debug:
         raise
     print(f"gpr: {message}", file=sys.stderr)
     sys.exit(code)

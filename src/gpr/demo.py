@@ -253,7 +253,7 @@ def _baselines(world: Path, cfg: GprConfig, cas: Path, sim_dir: Path) -> dict[st
         cal = calibrate(world)
         steps.append(("calibrate world", time.perf_counter() - t, "random / logging / oracle"))
         t = time.perf_counter()
-        cm = train_cascade(world, cfg.cascade, cfg.seed, cas)
+        cm = train_cascade(world, cfg.cascade, cfg.seed, cas, threads=cfg.runtime.threads)
         auc = cm["metrics"]["ranking"].get("auc_ctr")
         res = f"valid AUC pCTR {auc:.4f}" if auc is not None else "trained"
         steps.append(("train cascade", time.perf_counter() - t, res))

@@ -95,11 +95,27 @@ def test_a_tampered_weight_file_is_refused(trained: Path, tmp_path: Path) -> Non
     assert "Traceback" not in p.stderr
 
 
+def _earlier_schema(model: dict) -> dict:  # type: ignore[type-arg]
+    """A model section as gpr wrote it before the config became components (flat fields)."""
+    m = {k: v for k, v in model.items() if k not in ("inputs", "item_head", "hte_features")}
+    head = {"weight": 1.0, "alpha": 1.0, "widen": 50, "neighbours": 0, "beta": 10.0}
+    flat = {f"item_head_{k}": v for k, v in head.items()}
+    return {**m, **flat, "item_head": False, "content_input": False, "item_ids": False,
+            "hte_side": False, "hte_session": False}  # fmt: skip
+
+
 def test_an_earlier_layout_names_the_converter_and_converts(trained: Path, tmp_path: Path) -> None:
     old = tmp_path / "old"
     shutil.copytree(trained / "g", old)
     (old / "manifest.json").unlink()
     shutil.rmtree(old / "catalogue")
+    info = json.loads((old / "run.json").read_text())
+    config = {k: v for k, v in info["config"].items() if k != "runtime"}
+    config["model"] = _earlier_schema(config["model"])
+    config["train"] = {**config["train"], "threads": None}
+    config["serve"] = {"rank_by": "logprob", "bid_weight": 0.0, "hte_weight": 0.0, "beam": None}
+    info.update(config=config, model_config=_earlier_schema(info["model_config"]))
+    (old / "run.json").write_text(json.dumps(info))  # as the earlier gpr wrote it
     with pytest.raises(GprInputError, match="gpr run convert"):
         Run.load(old)
     p = run_cli("run", "convert", "--run", str(old), "--out", str(tmp_path / "new"))

@@ -11,7 +11,6 @@ from gpr.cascade.config import CascadeConfig
 from gpr.cascade.features import Catalog
 from gpr.cascade.ranking import RankingModel
 from gpr.cascade.retrieval import RetrievalModel
-from gpr.core.config import upgrade
 from gpr.core.errors import GprInputError
 from gpr.core.io import file_sha256
 from gpr.core.run import Run
@@ -48,8 +47,7 @@ def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
         "topic_half_life_days": 0.0,
         "session_gap_seconds": 0,
     }
-    saved = upgrade({"cascade": meta["config"]})["cascade"]
-    cfg = CascadeConfig.model_validate({**legacy, **saved})
+    cfg = CascadeConfig.model_validate({**legacy, **meta["config"]})
     cat = Catalog.from_logs(logs, cfg)
     ranking = RankingModel(cat, cfg)
     retrieval = RetrievalModel(cat, cfg)

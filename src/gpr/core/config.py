@@ -481,7 +481,7 @@ def _parse_override(item: str) -> tuple[list[str], Any]:
     return key.strip().split("."), yaml.safe_load(raw)
 
 
-def _message(err: Any) -> str:
+def error_line(err: Any) -> str:
     """A pydantic error as one line: the message, and the value when it is a single one."""
     msg = str(err["msg"]).removeprefix("Value error, ")
     value = err.get("input")
@@ -501,7 +501,7 @@ def serve_config(run_config: dict[str, Any], overrides: list[str] | None = None)
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(["serve", *(str(p) for p in err["loc"])])
-        raise GprInputError(_message(err), field=loc) from None
+        raise GprInputError(error_line(err), field=loc) from None
 
 
 def _set(data: dict[str, Any], keys: list[str], value: Any, item: str) -> None:
@@ -549,4 +549,4 @@ def load_config(
     except ValidationError as e:
         err = e.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
-        raise GprInputError(_message(err), file=file, field=loc) from None
+        raise GprInputError(error_line(err), file=file, field=loc) from None

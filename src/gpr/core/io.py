@@ -44,13 +44,13 @@ def remove_stale_temps(out: Path) -> list[Path]:
 def check_out(
     out: str | Path, inputs: Sequence[str | Path] = (), overwrite: bool = False, kind: str = "dir"
 ) -> None:
-    """Before any work: refuse an `out` that is an input, lies inside one or holds one; an
-    existing non-empty one without `overwrite` (a directory output; `kind="file"` refuses a
-    directory); and a place that cannot be written."""
+    """Before any work: refuse an `out` that is an input; a directory output (`kind="dir"`, which
+    replaces the whole folder) that lies inside an input or holds one, or exists non-empty without
+    `overwrite`; a file output (`kind="file"`) that is a directory; and an unwritable place."""
     out = Path(out).resolve()
     for i in inputs:
         src = Path(i).resolve()
-        if out == src or src in out.parents or out in src.parents:
+        if out == src or (kind == "dir" and (src in out.parents or out in src.parents)):
             raise GprInputError(f"--out would write over the input {i}", file=out, field="out")
     if kind == "file":
         if out.is_dir():

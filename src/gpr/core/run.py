@@ -19,11 +19,11 @@ from __future__ import annotations
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
-from gpr.core.config import GprConfig, ModelConfig, upgrade
+from gpr.core.config import ModelConfig, error_line, upgrade
 from gpr.core.errors import GprInputError
 from gpr.core.io import file_sha256, read_json, write_json
 
@@ -31,7 +31,6 @@ FORMAT_VERSION = 1
 INFO = "run.json"
 MANIFEST = "manifest.json"
 CATALOGUE = "catalogue"
-_M = TypeVar("_M", bound=BaseModel)
 UNHASHED = (INFO, MANIFEST, "metrics.jsonl", "loss.png")  # metadata, not what the model uses
 
 
@@ -48,6 +47,20 @@ def seal(tmp: Path, info: dict[str, Any]) -> dict[str, Any]:
     files = {p.relative_to(tmp).as_posix(): file_sha256(p) for p in _hashed_files(tmp)}
     write_json(tmp / MANIFEST, {"format": FORMAT_VERSION, "files": files})
     return info
+
+
+def upgrade_info(info: dict[str, Any]) -> dict[str, Any]:
+    """run.json written by an earlier gpr in the current config schema (`core.config.upgrade`):
+    `config` (a cascade run's is its cascade section) and `model_config`."""
+    out = dict(info)
+    if isinstance(out.get("config"), dict):
+        if out.get("model") == "cascade":
+            out["config"] = upgrade({"cascade": out["config"]})["cascade"]
+        else:
+            out["config"] = upgrade(out["config"])
+    if isinstance(out.get("model_config"), dict):
+        out["model_config"] = upgrade({"model": out["model_config"]})["model"]
+    return out
 
 
 def copy_catalogue(run: str | Path, tmp: Path) -> None:
@@ -90,31 +103,22 @@ class Run:
                     raise GprInputError("file listed in the manifest is missing", file=f)
                 if file_sha256(f) != sha:
                     raise GprInputError("file does not match its manifest hash", file=f)
-        return cls(path, info)
+        return cls(path, upgrade_info(info))
 
     @property
     def model(self) -> str:
         return str(self.info.get("model", "gpr"))
 
     @property
-    def config(self) -> GprConfig:
-        if "config" in self.info:
-            self.info["config"] = upgrade(self.info["config"])
-        return self._validated(GprConfig, "config")
-
-    @property
     def model_config(self) -> ModelConfig:
-        return self._validated(ModelConfig, "model_config")
-
-    def _validated(self, schema: type[_M], key: str) -> _M:
-        if key not in self.info:
-            raise GprInputError("missing field", file=self.path / INFO, field=key)
+        if "model_config" not in self.info:
+            raise GprInputError("missing field", file=self.path / INFO, field="model_config")
         try:
-            return schema.model_validate(self.info[key])
+            return ModelConfig.model_validate(self.info["model_config"])
         except ValidationError as e:
             err = e.errors()[0]
-            loc = ".".join([key, *(str(p) for p in err["loc"])])
-            raise GprInputError(err["msg"], file=self.path / INFO, field=loc) from None
+            loc = ".".join(["model_config", *(str(p) for p in err["loc"])])
+            raise GprInputError(error_line(err), file=self.path / INFO, field=loc) from None
 
     @property
     def catalogue(self) -> Path:

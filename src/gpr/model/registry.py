@@ -12,10 +12,10 @@ from typing import Any
 import torch
 from safetensors.torch import load_file
 
-from gpr.core.config import GprConfig, ModelConfig, model_overrides, upgrade
+from gpr.core.config import GprConfig, ModelConfig, model_overrides
 from gpr.core.errors import GprInputError
 from gpr.core.io import atomic_dir, read_json
-from gpr.core.run import INFO, MANIFEST, Run, seal
+from gpr.core.run import INFO, MANIFEST, Run, seal, upgrade_info
 from gpr.core.runtime import torch_device
 from gpr.data.schema import load_dataset
 from gpr.model.baselines import TIGER, SASRec
@@ -107,12 +107,7 @@ def convert_run(
         raise GprInputError("already in the current layout (it has manifest.json)", file=old)
     if not (old / INFO).is_file():
         raise GprInputError("not a run directory (no run.json)", file=old)
-    info = read_json(old / INFO)
-    if isinstance(info.get("config"), dict):
-        if info.get("model") in MODELS:
-            info["config"] = upgrade(info["config"])
-        else:  # a cascade run holds its cascade section
-            info["config"] = upgrade({"cascade": info["config"]})["cascade"]
+    info = upgrade_info(read_json(old / INFO))
     with atomic_dir(out, overwrite=False) as tmp:
         for f in old.iterdir():
             if f.is_file() and f.name != INFO:
