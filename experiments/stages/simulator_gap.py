@@ -23,10 +23,11 @@ import torch
 from gpr.cascade.simulator import Simulator
 from gpr.core.runtime import set_threads
 from gpr.market.ads import eligible_mask
+from gpr.market.policy import RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import positions_for_split
 from gpr.model.registry import load_run
-from gpr.policy.rollout import RequestContext, RequestSet
+from gpr.policy.rollout import servable
 from gpr.world.truth import Truth
 
 
@@ -89,16 +90,16 @@ def top1(run: Path, sim: Simulator, truth: Truth, n: int = 600) -> tuple[Top, li
     model, prep, _ = load_run(run)
     assert isinstance(model, GPRModel)
     model.eval()
-    ctx = RequestContext(prep, sim.logs.ads, sim.logs.users)
+    logs = sim.logs
     pos = positions_for_split(prep.journeys, prep.pred_mask, "valid")
     pos = np.sort(np.random.default_rng(0).choice(pos, min(n, len(pos)), replace=False))
     tv, sv, unions, bids, ctcvr = [], [], [], [], []
     for lo in range(0, len(pos), 100):
-        req, b, el, _ = ctx.prepare(
-            RequestSet(pos[lo : lo + 100]), model.cfg.max_len, model.cfg.thought_tokens
-        )
-        items, _ = model.generate(b, prep.trie, 20, el)
-        best, rid = items[:, 0].numpy(), ctx.request_ids(req)
+        ids = prep.journeys.request[pos[lo : lo + 100]]
+        req = servable(RequestBatch.of(ids, logs.journeys, logs.ads, logs.users))
+        b = prep.at_batch(req, model.cfg.max_len, model.cfg.thought_tokens)
+        items, _ = model.generate(b, prep.trie, 20, prep.trie_eligible(req))
+        best, rid = items[:, 0].numpy(), req.request_ids
         tv.append(truth.value(rid, best))
         sv.append(sim.score(rid, best[:, None]).value[:, 0])
         unions.append(items.numpy())

@@ -72,7 +72,7 @@ def test_log_hte_value_term_adds_log_hte_value(tiny_world: Path, tiny_run: Path)
     # the HTE value of every candidate, computed independently through the model's own heads
     cfg = plain_pol.model.cfg
     b = plain_pol.prep.at_requests(
-        plain_pol.pos_of[batch.request_ids], cfg.max_len, getattr(cfg, "thought_tokens", 0)
+        plain_pol.prep.positions(batch.request_ids), cfg.max_len, getattr(cfg, "thought_tokens", 0)
     )
     items = torch.from_numpy(plain.ads)
     codes = torch.from_numpy(plain_pol.prep.sids.codes[items.clamp(min=0).numpy()])
@@ -106,7 +106,7 @@ def test_hte_side_features_by_hand(tiny_world: Path, tiny_run: Path) -> None:
     pos = data.journeys.requests("test")[:16]
     pol = GenerativePolicy(tiny_run, tiny_world)
     cfg = pol.model.cfg
-    b = pol.prep.at_requests(pol.pos_of[data.journeys.request[pos]], cfg.max_len, 0)
+    b = pol.prep.at_requests(pol.prep.positions(data.journeys.request[pos]), cfg.max_len, 0)
     ads = data.ads
     items = torch.tensor([[int(ads.item_id[0]), int(ads.item_id[5]), -1]] * len(pos))
     days = np.full(len(pos), 2)

@@ -1,4 +1,4 @@
-"""Rollouts: request sets, sampling, level distributions."""
+"""Rollouts: request batches, sampling, level distributions."""
 
 from __future__ import annotations
 
@@ -8,15 +8,15 @@ import numpy as np
 import torch
 
 from gpr.cascade.simulator import Simulator
+from gpr.market.policy import ENV_FIELDS, RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import positions_for_split
 from gpr.model.prepare import Prepared
 from gpr.policy.rollout import (
-    RequestContext,
-    RequestSet,
     level_dists,
     level_kl,
     sample,
+    servable,
     split_heads,
     taken,
 )
@@ -25,30 +25,50 @@ F64 = torch.float64
 
 
 # --- rollouts ----------------------------------------------------------------------------------
-def test_split_heads_and_request_sets() -> None:
+def test_split_heads_and_request_batches(sim: Simulator) -> None:
     assert (
         split_heads(5, 2) == [3, 2] and split_heads(1, 2) == [1, 0] and split_heads(8, 4) == [2] * 4
     )
-    a, b = RequestSet(np.array([3, 5])), RequestSet(np.array([7]), np.array([[1, 2, 3, 4]]))
-    c = RequestSet.concat([a, b])
-    assert c.pos.tolist() == [3, 5, 7] and c.env is not None
-    assert c.env.tolist() == [[-1] * 4, [-1] * 4, [1, 2, 3, 4]]
-    assert RequestSet.concat([a, a]).env is None
+    logs = sim.logs
+    ids = logs.journeys.request[logs.journeys.requests("train")[:3]]
+    a = RequestBatch.of(ids[:2], logs.journeys, logs.ads, logs.users)
+    b = RequestBatch.of(ids[2:], logs.journeys, logs.ads, logs.users).with_env(
+        np.array([[1, -1, 3, 4]])
+    )
+    c = RequestBatch.concat([a, b])
+    assert c.request_ids.tolist() == ids.tolist() and c.eligible.shape == (3, logs.ads.n)
+    assert c.env[2].tolist() == [1, int(logs.journeys.slot[c.pos[2]]), 3, 4]  # -1 keeps a field
+    assert c.env[0].tolist() == [int(getattr(logs.journeys, f)[c.pos[0]]) for f in ENV_FIELDS]
     t = c.take(np.array([2, 0]))
-    assert t.pos.tolist() == [7, 3] and t.env is not None and t.env.tolist()[0] == [1, 2, 3, 4]
+    assert t.request_ids.tolist() == [ids[2], ids[0]] and t.env[0].tolist()[0] == 1
+    assert np.array_equal(t.eligible, c.eligible[[2, 0]])
+
+
+def test_a_batch_environment_reaches_the_model_tokens(
+    loaded: tuple[GPRModel, Prepared], sim: Simulator
+) -> None:
+    _, prep = loaded
+    logs = sim.logs
+    ids = logs.journeys.request[logs.journeys.requests("train")[:4]]
+    real = RequestBatch.of(ids, logs.journeys, logs.ads, logs.users)
+    plain = prep.at_requests(prep.positions(ids), 64, 0)
+    same = prep.at_batch(real, 64, 0)
+    assert torch.equal(plain.field, same.field)  # a logged request: its own environment
+    moved = prep.at_batch(real.with_env(np.array([[2, 1, 0, 23]] * 4)), 64, 0)
+    assert moved.field[moved.pred_b, moved.pred_t].tolist() == [[2, 1, 0, 23]] * 4
 
 
 def test_rollout_invariants(loaded: tuple[GPRModel, Prepared], sim: Simulator) -> None:
     model, prep = loaded
     trie = prep.trie
-    ctx = RequestContext(prep, sim.logs.ads, sim.logs.users)
-    req = RequestSet(positions_for_split(prep.journeys, prep.pred_mask, "train")[::29][:12])
-    elig = ctx.eligible(req)
-    keep = elig.any(1)
-    req, elig = req.take(np.nonzero(keep.numpy())[0]), elig[keep]
+    logs = sim.logs
+    pos = positions_for_split(prep.journeys, prep.pred_mask, "train")[::29][:12]
+    req = RequestBatch.of(prep.journeys.request[pos], logs.journeys, logs.ads, logs.users)
+    req = servable(req)
+    elig = prep.trie_eligible(req)
     n, k = len(req), 6
-    assert n >= 8
-    b = ctx.batch(req, model.cfg.max_len, model.cfg.thought_tokens)
+    assert n >= 8 and elig.any(1).all()
+    b = prep.at_batch(req, model.cfg.max_len, model.cfg.thought_tokens)
     counts = trie.eligible_counts(elig)
     roll = sample(model, b, trie, counts, k, gen=torch.Generator().manual_seed(0))
     assert len(roll) == n * k

@@ -20,7 +20,6 @@ from gpr.market.policy import RequestBatch
 from gpr.model.registry import load_run
 from gpr.policy.builtins import load_policy
 from gpr.policy.rollout import (
-    RequestSet,
     level_dists,
     level_kl,
     sample,
@@ -33,7 +32,7 @@ F64 = torch.float64
 
 
 # --- short alignment runs ------------------------------------------------------------------------
-def _mean_reward(al: Aligner, req: RequestSet, k: int = 16) -> float:
+def _mean_reward(al: Aligner, req: RequestBatch, k: int = 16) -> float:
     """Mean simulator value of K fresh samples per request (a fixed generator)."""
     req, b, counts = al._prepare(req)
     roll = sample(al.model, b, al.trie, counts, k, 1.0, torch.Generator().manual_seed(0))
@@ -58,12 +57,12 @@ def test_hepo_step_with_log_reward_and_centred_leaf(runs: tuple[Path, Path]) -> 
 def test_candidate_pool_samples_only_the_reference_beam(runs: tuple[Path, Path]) -> None:
     """align.candidate_pool=N: every sampled ad is one of the reference's top-N beam ads."""
     al = _aligner(runs, "hepo")
-    req = RequestSet(np.sort(np.random.default_rng(2).choice(al.train_pos, 8, replace=False)))
+    req = al.requests(np.sort(np.random.default_rng(2).choice(al.train_pos, 8, replace=False)))
     req, b, counts = al._prepare(req, pool=3)
     leaves = counts[-1]  # eligible leaves per request: at most 3, at least 1
     assert ((leaves.sum(1) >= 1) & (leaves.sum(1) <= 3)).all()
     with torch.no_grad():
-        beam, _ = al.ref.generate(b, al.trie, 3, al.ctx.eligible(req))
+        beam, _ = al.ref.generate(b, al.trie, 3, al.prep.trie_eligible(req))
     roll = sample(al.model, b, al.trie, counts, 12, gen=torch.Generator().manual_seed(0))
     for r, item in zip(roll.req.tolist(), roll.item.tolist(), strict=True):
         assert item in beam[r].tolist()
@@ -132,7 +131,7 @@ def _mean(rows: list[dict[str, float]], key: str) -> float:
 
 def test_hepo_raises_the_simulator_reward(runs: tuple[Path, Path]) -> None:
     al = _aligner(runs, "hepo")
-    req = RequestSet(np.sort(np.random.default_rng(1).choice(al.train_pos, 64, replace=False)))
+    req = al.requests(np.sort(np.random.default_rng(1).choice(al.train_pos, 64, replace=False)))
     before = _mean_reward(al, req)
     rows = [al.step() for _ in range(20)]
     after = _mean_reward(al, req)
@@ -145,7 +144,7 @@ def test_hepo_raises_the_simulator_reward(runs: tuple[Path, Path]) -> None:
 
 def test_dpo_learns_the_preferences(runs: tuple[Path, Path]) -> None:
     al = _aligner(runs, "dpo")
-    req = RequestSet(np.sort(np.random.default_rng(1).choice(al.train_pos, 64, replace=False)))
+    req = al.requests(np.sort(np.random.default_rng(1).choice(al.train_pos, 64, replace=False)))
     before = _mean_reward(al, req)
     rows = [al.step() for _ in range(30)]
     after = _mean_reward(al, req)

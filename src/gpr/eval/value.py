@@ -27,7 +27,7 @@ from gpr.model.gpr import GPRModel
 from gpr.model.journey import SPLIT_CODE, positions_for_split
 from gpr.model.registry import load_run
 from gpr.policy.builtins import Oracle
-from gpr.policy.rollout import RequestContext, RequestSet, level_dists, sample, taken
+from gpr.policy.rollout import level_dists, sample, servable, taken
 
 
 def ndcg_value(scores: np.ndarray, gains: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -69,7 +69,6 @@ def value_eval(
     model.eval()
     data = SimData.load(data_dir if data_dir is not None else info["data"])
     logs: LogData = data.logs
-    ctx = RequestContext(prep, logs.ads, logs.users)
     rng = np.random.default_rng(seed)
     pos = positions_for_split(prep.journeys, prep.pred_mask, split)
     if limit is not None and len(pos) > limit:
@@ -79,12 +78,12 @@ def value_eval(
     rows: dict[str, list[np.ndarray]] = {key: [] for key in ("ndcg", "opr", "avg", "max")}
     batch = GprConfig.model_validate(info["config"]).train.batch_size
     for lo in range(0, len(pos), batch):
-        req, b, elig, ad_elig = ctx.prepare(
-            RequestSet(pos[lo : lo + batch]), model.cfg.max_len, model.cfg.thought_tokens
-        )
+        ids = prep.journeys.request[pos[lo : lo + batch]]
+        req = servable(RequestBatch.of(ids, logs.journeys, logs.ads, logs.users))
         if not len(req):
             continue
-        counts = prep.trie.eligible_counts(elig)
+        b = prep.at_batch(req, model.cfg.max_len, model.cfg.thought_tokens)
+        counts = prep.trie.eligible_counts(prep.trie_eligible(req))
         with torch.no_grad():
             roll = sample(model, b, prep.trie, counts, k, gen=gen)
             lp = taken(level_dists(model, b, prep.trie, counts, roll)[0], roll.codes).sum(1)
@@ -97,15 +96,8 @@ def value_eval(
         for c in range(1, k):  # K is small: mark repeats of an earlier candidate
             first[:, c] = (item[:, c : c + 1] != item[:, :c]).all(1)
         # true values, normalised over each request's eligible ads
-        rb = RequestBatch.at(
-            logs.journeys.positions(ctx.request_ids(req)),
-            logs.journeys,
-            logs.ads,
-            logs.users,
-            ad_elig,
-        )
-        true_all = oracle.true_values(rb)  # (B, A)
-        e_ads = np.where(ad_elig, true_all, np.nan)
+        true_all = oracle.true_values(req)  # (B, A)
+        e_ads = np.where(req.eligible, true_all, np.nan)
         vmin, vmax = np.nanmin(e_ads, 1), np.nanmax(e_ads, 1)
         tv = true_all[np.arange(nb)[:, None], logs.ads.index_of(item)]
         norm = (tv - vmin[:, None]) / np.maximum(vmax - vmin, 1e-12)[:, None]

@@ -70,6 +70,7 @@ class Journeys:
             raise GprInputError("duplicate E row for one request", field="request_id")
         # the I row of a request, when one was shown
         i_rows = np.nonzero(ttype == TYPE_CODE["I"])[0]
+        i_rows = i_rows if len(req_sorted) else i_rows[:0]  # public data: no requests
         k = np.searchsorted(req_sorted, request[i_rows])
         k = np.minimum(k, len(req_sorted) - 1)
         ok = req_sorted[k] == request[i_rows]
@@ -101,6 +102,8 @@ class Journeys:
 
     def _req_index(self, request_ids: np.ndarray) -> np.ndarray:
         r = np.asarray(request_ids, dtype=np.int64)
+        if r.size and not len(self.req_sorted):
+            raise GprInputError(f"unknown request id {r.flat[0]} (no requests)", field="request_id")
         k = np.minimum(np.searchsorted(self.req_sorted, r), len(self.req_sorted) - 1)
         if r.size and (self.req_sorted[k] != r).any():
             bad = r[np.argmax(self.req_sorted[k] != r)]

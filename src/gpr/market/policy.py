@@ -8,20 +8,24 @@ the hidden truth. The policies themselves live in `gpr.policy`."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 
-from gpr.market.ads import Ads, Users
+from gpr.market.ads import Ads, Users, eligible_mask
 from gpr.market.journeys import Journeys
 
 DEFAULT_M = 16
 
 
+ENV_FIELDS = ("scene", "slot", "device", "hour")
+
+
 @dataclass
 class RequestBatch:
-    """B requests of one day, in time order."""
+    """B requests: the replay's (one day, in time order), a training draw, or ARR's synthetic
+    requests (a real request's user and history with another environment, `with_env`)."""
 
     request_ids: np.ndarray  # (B,) int64
     user_ids: np.ndarray
@@ -40,6 +44,52 @@ class RequestBatch:
 
     def __len__(self) -> int:
         return len(self.request_ids)
+
+    @property
+    def env(self) -> np.ndarray:
+        """(B, 4) scene, slot, device, hour."""
+        return np.stack([getattr(self, f) for f in ENV_FIELDS], 1)
+
+    def with_env(self, env: np.ndarray) -> RequestBatch:
+        """The same requests in environment `env` (B, 4) (-1 keeps a field)."""
+        new: dict[str, Any] = {
+            f: np.where(env[:, k] >= 0, env[:, k], getattr(self, f))
+            for k, f in enumerate(ENV_FIELDS)
+        }
+        return replace(self, **new)
+
+    def take(self, idx: np.ndarray) -> RequestBatch:
+        """The requests at `idx` (indices or a (B,) bool mask)."""
+        cut: dict[str, Any] = {f: getattr(self, f)[idx] for f in PER_REQUEST}
+        return replace(self, **cut)
+
+    @staticmethod
+    def concat(parts: list[RequestBatch]) -> RequestBatch:
+        """Requests of batches over the same journeys, ads and users, one after another."""
+        joined: dict[str, Any] = {
+            f: np.concatenate([getattr(p, f) for p in parts]) for f in PER_REQUEST
+        }
+        return replace(parts[0], **joined)
+
+    @classmethod
+    def of(
+        cls,
+        request_ids: np.ndarray,
+        journeys: Journeys,
+        ads: Ads,
+        users: Users,
+        m: int = DEFAULT_M,
+        eligibility: bool = True,
+    ) -> RequestBatch:
+        """Logged requests by id; eligible: targeting admits the user, the ad is active that day
+        (no budget: training and offline evaluation). `eligibility=False` leaves it (B, 0), for
+        request pools that are only drawn from."""
+        pos = journeys.positions(np.asarray(request_ids, dtype=np.int64))
+        if eligibility:
+            elig = eligible_mask(ads, users, journeys.user[pos], journeys.day[pos])
+        else:
+            elig = np.zeros((len(pos), 0), dtype=bool)
+        return cls.at(pos, journeys, ads, users, elig, m)
 
     @classmethod
     def at(
@@ -69,6 +119,17 @@ class RequestBatch:
             users=users,
             m=m,
         )
+
+
+PER_REQUEST = (
+    "request_ids",
+    "user_ids",
+    "days",
+    "timestamps",
+    *ENV_FIELDS,
+    "eligible",
+    "pos",
+)
 
 
 @dataclass

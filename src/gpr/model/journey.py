@@ -28,7 +28,7 @@ import torch
 from gpr.core.errors import GprInputError
 from gpr.core.io import read_json
 from gpr.data.schema import Dataset
-from gpr.market.journeys import SPLIT_CODE, TYPE_CODE
+from gpr.market.journeys import SPLIT_CODE, TYPE_CODE, Journeys
 from gpr.tokenizer.pipeline import read_sids
 
 U, O, E, I = (TYPE_CODE[t] for t in "UOEI")
@@ -93,18 +93,16 @@ class TokenStreams:
         return len(self.users)
 
 
-def build_journeys(ds: Dataset) -> TokenStreams:
-    """Group events by user (stable, so each user's events stay in journey order)."""
-    ev_user = ds.col("events", "user_id")
-    ttype = _codes(ds.col("events", "token_type"), TYPE_CODE)
-    keep = ttype != U  # U tokens are rebuilt from users.parquet, one per known feature group
-    order = np.argsort(ev_user[keep], kind="stable")
-    rows = np.nonzero(keep)[0][order]
+def build_journeys(ds: Dataset, jour: Journeys | None = None) -> TokenStreams:
+    """The log index's rows (grouped by user, in journey order) with each user's U tokens rebuilt
+    from users.parquet; `jour`: the dataset's index when already built."""
+    jour = Journeys.from_dataset(ds) if jour is None else jour
+    rows = np.nonzero(jour.ttype != U)[0]  # U tokens are rebuilt, one per known feature group
     users_tab = {k: ds.col("users", k) for k in ("user_id", *USER_FIELDS)}
     known = [f for f in USER_FIELDS if (users_tab[f] >= 0).any()]
     uid = users_tab["user_id"]
     n_u = len(known)
-    ev_u = ev_user[rows]
+    ev_u = jour.user[rows]
     user_index = np.searchsorted(uid[np.argsort(uid)], ev_u)
     uid_sorted = uid[np.argsort(uid)]
     counts = np.bincount(user_index, minlength=len(uid_sorted)) + n_u
@@ -120,18 +118,16 @@ def build_journeys(ds: Dataset) -> TokenStreams:
     out_day = np.zeros(total, dtype=np.int64)
     out_split = np.zeros(total, dtype=np.int64)
     out_req = np.full(total, -1, dtype=np.int64)
-    out_t[body] = ttype[rows]
-    out_item[body] = ds.col("events", "item_id")[rows]
-    env = np.stack(
-        [ds.col("events", k)[rows].astype(np.int64) for k in ("scene", "slot", "device", "hour")], 1
-    )
+    out_t[body] = jour.ttype[rows]
+    out_item[body] = jour.item[rows]
+    env = np.stack([jour.scene[rows], jour.slot[rows], jour.device[rows], jour.hour[rows]], 1)
     out_field[body] = np.maximum(env, 0)
-    out_action[body] = np.maximum(ds.col("events", "action")[rows].astype(np.int64), 0)
-    out_day[body] = ds.col("events", "day")[rows]
-    out_split[body] = _codes(ds.col("events", "split")[rows], SPLIT_CODE)
-    out_req[body] = ds.col("events", "request_id")[rows]
+    out_action[body] = np.maximum(jour.action[rows], 0)
+    out_day[body] = jour.day[rows]
+    out_split[body] = jour.split[rows]
+    out_req[body] = jour.request[rows]
     out_ts = np.zeros(total, dtype=np.int64)
-    out_ts[body] = ds.col("events", "timestamp")[rows]
+    out_ts[body] = jour.ts[rows]
     by_id = np.argsort(uid)
     for g, f in enumerate(known):
         pos = indptr[:-1] + g
@@ -155,12 +151,6 @@ def build_journeys(ds: Dataset) -> TokenStreams:
         n_u,
         out_ts,
     )
-
-
-def _codes(values: np.ndarray, mapping: dict[str, int]) -> np.ndarray:
-    """Map a string column to integer codes (one lookup per distinct value)."""
-    uniq, inv = np.unique(values.astype(str), return_inverse=True)
-    return np.asarray([mapping[u] for u in uniq], dtype=np.int64)[inv]
 
 
 def next_targets(j: TokenStreams, n_heads: int) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +16,8 @@ from gpr.core.config import ModelConfig
 from gpr.core.errors import GprInputError
 from gpr.core.run import CATALOGUE
 from gpr.data.schema import Dataset, load_dataset
+from gpr.market.ads import Ads
+from gpr.market.policy import RequestBatch
 from gpr.model.journey import (
     Batch,
     E,
@@ -50,6 +52,8 @@ class Prepared:
     thought_table: torch.Tensor | None = None  # (n_topics, dim) embedded thought texts
     content_table: torch.Tensor | None = None  # (n_items, dim) item content, by item id
     catalogue: Catalogue | None = None  # what the fields above came from (saved with a run)
+    _pos_of: np.ndarray | None = field(default=None, init=False, repr=False)
+    _trie_col: tuple[Ads, np.ndarray] | None = field(default=None, init=False, repr=False)
 
     def batch(
         self,
@@ -76,6 +80,39 @@ class Prepared:
         only = np.zeros(len(self.journeys.ttype), dtype=bool)
         only[pos] = True
         return self.batch(tail_windows(self.journeys, pos, max_len), (), max_len, thoughts, only)
+
+    def positions(self, request_ids: np.ndarray) -> np.ndarray:
+        """The E-token position in `journeys` of each request."""
+        if self._pos_of is None:
+            j = self.journeys
+            e_rows = np.nonzero((j.ttype == E) & (j.request >= 0))[0]
+            self._pos_of = np.full(int(j.request.max()) + 1, -1, dtype=np.int64)
+            self._pos_of[j.request[e_rows]] = e_rows
+        ids = np.asarray(request_ids, dtype=np.int64)
+        ok = (ids >= 0) & (ids < len(self._pos_of))
+        pos = np.where(ok, self._pos_of[np.where(ok, ids, 0)], -1)
+        if (pos < 0).any():
+            bad = int(ids[np.argmax(pos < 0)])
+            raise GprInputError(f"unknown request id {bad}", field="request_id")
+        return pos
+
+    def at_batch(self, batch: RequestBatch, max_len: int, thoughts: int) -> Batch:
+        """One prediction at each request of `batch`, in the batch's environment (ARR)."""
+        b = self.at_requests(self.positions(batch.request_ids), max_len, thoughts)
+        cur = b.field[b.pred_b, b.pred_t]
+        env = torch.from_numpy(batch.env)
+        b.field[b.pred_b, b.pred_t] = torch.where(env >= 0, env, cur)
+        return b
+
+    def trie_eligible(self, batch: RequestBatch) -> torch.Tensor:
+        """(B, trie items) bool: the batch's eligibility over ads in the trie's column order."""
+        if self._trie_col is None or self._trie_col[0] is not batch.ads:
+            self._trie_col = (batch.ads, batch.ads.index_of(self.trie.items.numpy()))
+        cols = self._trie_col[1]
+        ok = cols >= 0
+        return torch.from_numpy(
+            np.where(ok[None, :], batch.eligible[:, np.maximum(cols, 0)], False)
+        )
 
     @property
     def level_sizes(self) -> list[int]:

@@ -18,7 +18,7 @@ from gpr.core.config import serve_config
 from gpr.core.errors import GprInputError
 from gpr.market.policy import Ranked, RequestBatch
 from gpr.model.gpr import GPRModel
-from gpr.model.journey import Batch, E
+from gpr.model.journey import Batch
 from gpr.model.registry import load_run
 from gpr.policy.hte_features import ItemTopics, ad_bids, hte_side_features
 
@@ -50,29 +50,15 @@ class GenerativePolicy:
         )
         self.name = f"{info['model']}:{Path(run_dir).name}{suffix}"
         self.beam = beam or serve.beam or int(info["config"]["train"]["beam"])
-        j = self.prep.journeys
-        e_rows = np.nonzero((j.ttype == E) & (j.request >= 0))[0]
-        self.pos_of = np.full(int(j.request.max()) + 1, -1, dtype=np.int64)
-        self.pos_of[j.request[e_rows]] = e_rows
-        self._trie_col: np.ndarray | None = None
         self.topics = (
             ItemTopics.load(data_dir) if getattr(self.model.cfg, "hte_session", 0) else None
         )
 
-    def _columns(self, batch: RequestBatch) -> np.ndarray:
-        """For each trie item, its column in the replay's eligibility mask (ad index)."""
-        if self._trie_col is None:
-            self._trie_col = batch.ads.index_of(self.prep.trie.items.numpy())
-        return self._trie_col
-
     @torch.no_grad()
     def rank(self, batch: RequestBatch) -> Ranked:
         prep, max_len = self.prep, self.model.cfg.max_len
-        pos = self.pos_of[batch.request_ids]
-        b = prep.at_requests(pos, max_len, getattr(self.model.cfg, "thought_tokens", 0))
-        cols = self._columns(batch)
-        elig = np.where(cols[None, :] >= 0, batch.eligible[:, np.maximum(cols, 0)], False)
-        items, logp = self.model.generate(b, prep.trie, self.beam, torch.from_numpy(elig))
+        b = prep.at_batch(batch, max_len, getattr(self.model.cfg, "thought_tokens", 0))
+        items, logp = self.model.generate(b, prep.trie, self.beam, prep.trie_eligible(batch))
         items, scores = self._ranked(b, items, logp, batch)
         m = min(batch.m, items.shape[1])
         ads = items[:, :m].numpy()

@@ -1,10 +1,11 @@
 """Rollouts shared by DPO, HEPO and the value evaluation.
 
-A request set (E positions of the model journeys, optionally with a replaced environment for
-ARR) becomes a batch with one prediction per request; the policy samples K candidate paths per
-request inside the trie of the ads eligible for it (targeting admits the user, the ad is active
-that day), K split evenly over the MTP heads; `level_dists` recomputes, with gradients, every
-level's log-distribution over the legal codes along those paths (teacher forcing).
+A request batch (`market.policy.RequestBatch`: logged requests, or ARR's with a replaced
+environment) becomes a model batch with one prediction per request (`Prepared.at_batch`); the
+policy samples K candidate paths per request inside the trie of the ads eligible for it
+(targeting admits the user, the ad is active that day), K split evenly over the MTP heads;
+`level_dists` recomputes, with gradients, every level's log-distribution over the legal codes
+along those paths (teacher forcing).
 """
 
 from __future__ import annotations
@@ -14,35 +15,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gpr.market.ads import Ads, Users, eligible_mask
+from gpr.market.policy import RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch
-from gpr.model.prepare import Prepared
 from gpr.model.ptd import masked_log_softmax
 from gpr.model.trie import Trie
-
-
-@dataclass
-class RequestSet:
-    """Requests as E positions of `Prepared.journeys`; env (B, 4) replaces scene/slot/device/hour
-    (-1 keeps a field)."""
-
-    pos: np.ndarray
-    env: np.ndarray | None = None
-
-    def __len__(self) -> int:
-        return len(self.pos)
-
-    def take(self, idx: np.ndarray) -> RequestSet:
-        return RequestSet(self.pos[idx], None if self.env is None else self.env[idx])
-
-    @staticmethod
-    def concat(parts: list[RequestSet]) -> RequestSet:
-        pos = np.concatenate([p.pos for p in parts])
-        if all(p.env is None for p in parts):
-            return RequestSet(pos)
-        env = [p.env if p.env is not None else np.full((len(p), 4), -1) for p in parts]
-        return RequestSet(pos, np.concatenate(env))
 
 
 @dataclass
@@ -58,52 +35,9 @@ class Rollout:
         return len(self.item)
 
 
-class RequestContext:
-    """Turns request sets into model batches, eligibility masks and simulator arguments."""
-
-    def __init__(self, prep: Prepared, ads: Ads, users: Users) -> None:
-        self.prep, self.ads, self.users = prep, ads, users
-        self.cols = ads.index_of(prep.trie.items.numpy())  # trie column -> ad index
-        items = prep.trie.items
-        self.trie_col = torch.full((int(items.max()) + 1,), -1, dtype=torch.long)
-        self.trie_col[items] = torch.arange(len(items))  # item id -> trie column
-
-    def user_ids(self, req: RequestSet) -> np.ndarray:
-        j = self.prep.journeys
-        return j.users[np.searchsorted(j.indptr, req.pos, side="right") - 1]
-
-    def request_ids(self, req: RequestSet) -> np.ndarray:
-        return self.prep.journeys.request[req.pos]
-
-    def batch(self, req: RequestSet, max_len: int, thoughts: int) -> Batch:
-        """One prediction per request, at its E token (labels of no split are attached)."""
-        b = self.prep.at_requests(req.pos, max_len, thoughts)
-        if req.env is not None:
-            cur = b.field[b.pred_b, b.pred_t]
-            env = torch.from_numpy(req.env)
-            b.field[b.pred_b, b.pred_t] = torch.where(env >= 0, env, cur)
-        return b
-
-    def ad_eligible(self, req: RequestSet) -> np.ndarray:
-        """(B, A) bool over ad indices: targeting admits the user and the ad is active that day."""
-        return eligible_mask(
-            self.ads, self.users, self.user_ids(req), self.prep.journeys.day[req.pos]
-        )
-
-    def eligible(self, req: RequestSet, ad_mask: np.ndarray | None = None) -> torch.Tensor:
-        """(B, trie items) bool: `ad_eligible` in the trie's column order."""
-        m = self.ad_eligible(req) if ad_mask is None else ad_mask
-        ok = self.cols >= 0
-        return torch.from_numpy(np.where(ok[None, :], m[:, np.maximum(self.cols, 0)], False))
-
-    def prepare(
-        self, req: RequestSet, max_len: int, thoughts: int
-    ) -> tuple[RequestSet, Batch, torch.Tensor, np.ndarray]:
-        """Drop the requests no ad is eligible for; their batch and eligibility (trie, ads)."""
-        ads = self.ad_eligible(req)
-        keep = np.nonzero(ads.any(1))[0]
-        req, ads = req.take(keep), ads[keep]
-        return req, self.prep.at_requests(req.pos, max_len, thoughts), self.eligible(req, ads), ads
+def servable(batch: RequestBatch) -> RequestBatch:
+    """The requests of `batch` that at least one ad is eligible for."""
+    return batch.take(np.nonzero(batch.eligible.any(1))[0])
 
 
 def split_heads(k: int, n_heads: int) -> list[int]:

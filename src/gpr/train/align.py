@@ -34,20 +34,13 @@ from gpr.core.errors import GprInputError
 from gpr.core.io import atomic_dir, read_json
 from gpr.core.run import copy_catalogue, seal
 from gpr.core.runtime import set_threads
+from gpr.market.policy import RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch, positions_for_split
 from gpr.model.prepare import Prepared
 from gpr.model.registry import build_model, load_run, load_weights
 from gpr.model.trie import Trie
-from gpr.policy.rollout import (
-    RequestContext,
-    RequestSet,
-    Rollout,
-    level_dists,
-    level_kl,
-    sample,
-    taken,
-)
+from gpr.policy.rollout import Rollout, level_dists, level_kl, sample, servable, taken
 from gpr.train.arr import synthetic_requests
 from gpr.train.dpo import dpo_loss, log_value, preference_pairs, soft_labels
 from gpr.train.hepo import (
@@ -92,7 +85,6 @@ class Aligner:
         ref = copy.deepcopy(model) if reference is None else load_reference(reference, info, prep)
         self.ref = ref.eval().requires_grad_(False)
         self.sim = Simulator(simulator, info["data"])
-        self.ctx = RequestContext(prep, self.sim.logs.ads, self.sim.logs.users)
         self.trie: Trie = prep.trie
         self.rng = np.random.default_rng(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
@@ -104,11 +96,12 @@ class Aligner:
             self.train_pos = self.train_pos[j.day[self.train_pos] > last - self.ac.recent_days]
         valid = positions_for_split(j, prep.pred_mask, "valid")
         n_val = min(self.ac.eval_requests, len(valid))
-        self.valid = RequestSet(np.sort(self.rng.choice(valid, n_val, replace=False)))
+        self.valid = self.requests(np.sort(self.rng.choice(valid, n_val, replace=False)))
         if not len(self.train_pos) or not n_val:
             raise GprInputError("no train or valid requests to align on", field="split")
         self.opt = torch.optim.AdamW(model.parameters(), lr=self.ac.lr, weight_decay=0.0)
         self.reward_scale: float | None = None
+        self._anchors: RequestBatch | None = None  # ARR's pool of real requests
         n_lv = prep.sids.levels
         if len(self.ac.process_alpha) != n_lv:
             raise GprInputError(
@@ -120,34 +113,40 @@ class Aligner:
         self.coef = torch.tensor(coef)
 
     # --- requests ------------------------------------------------------------------------------
-    def draw(self) -> RequestSet:
+    def requests(self, pos: np.ndarray, eligibility: bool = True) -> RequestBatch:
+        """The logged requests at E-token positions `pos` of the model's journeys."""
+        logs = self.sim.logs
+        ids = self.prep.journeys.request[pos]
+        return RequestBatch.of(ids, logs.journeys, logs.ads, logs.users, eligibility=eligibility)
+
+    def draw(self) -> RequestBatch:
         ac = self.ac
         n_syn = round(ac.requests_per_step * ac.arr_share) if self.arr else 0
-        real = RequestSet(self.rng.choice(self.train_pos, ac.requests_per_step - n_syn))
+        real = self.requests(self.rng.choice(self.train_pos, ac.requests_per_step - n_syn))
         if not n_syn:
             return real
-        syn = synthetic_requests(
-            self.prep.journeys,
-            self.sim.logs.users,
-            self.train_pos,
-            ac.arr_per_tier,
-            ac.arr_recent,
-            self.rng,
-        )
+        if self._anchors is None:
+            self._anchors = self.requests(self.train_pos, eligibility=False)
+        syn = synthetic_requests(self._anchors, ac.arr_per_tier, ac.arr_recent, self.rng)
         pick = self.rng.choice(len(syn), min(n_syn, len(syn)), replace=False)
-        return RequestSet.concat([real, syn.take(pick)])
+        syn = syn.take(pick)
+        logs = self.sim.logs
+        fresh = RequestBatch.of(syn.request_ids, logs.journeys, logs.ads, logs.users)
+        return RequestBatch.concat([real, fresh.with_env(syn.env)])
 
     def _prepare(
-        self, req: RequestSet, pool: int | None = None
-    ) -> tuple[RequestSet, Batch, list[torch.Tensor]]:
+        self, req: RequestBatch, pool: int | None = None
+    ) -> tuple[RequestBatch, Batch, list[torch.Tensor]]:
         """Drop requests with no eligible ad; batch them; the trie counts of what may be sampled
         (with `pool`: only the reference model's top-`pool` beam ads of each request)."""
         cfg = self.model.cfg
-        req, b, elig, _ = self.ctx.prepare(req, cfg.max_len, cfg.thought_tokens)
+        req = servable(req)
+        b = self.prep.at_batch(req, cfg.max_len, cfg.thought_tokens)
+        elig = self.prep.trie_eligible(req)
         if pool is not None:
             with torch.no_grad():
                 items, _ = self.ref.generate(b, self.trie, pool, elig)
-            col = self.ctx.trie_col[items.clamp(min=0)]
+            col = self.trie.column(items)
             mask = torch.zeros_like(elig)
             rows = torch.arange(len(items)).unsqueeze(1).expand_as(col)
             ok = items >= 0
@@ -155,10 +154,9 @@ class Aligner:
             elig = elig & mask
         return req, b, self.trie.eligible_counts(elig)
 
-    def rewards(self, req: RequestSet, roll: Rollout) -> np.ndarray:
+    def rewards(self, req: RequestBatch, roll: Rollout) -> np.ndarray:
         r = roll.req.numpy()
-        env = None if req.env is None else req.env[r]
-        s = self.sim.score(self.ctx.request_ids(req)[r], roll.item.numpy()[:, None], env)
+        s = self.sim.score(req.request_ids[r], roll.item.numpy()[:, None], req.env[r])
         return s.value[:, 0]
 
     # --- one step ------------------------------------------------------------------------------
@@ -267,10 +265,11 @@ class Aligner:
     def validate(self, beam: int = 20) -> float:
         """Mean simulator value of the policy's top-ranked eligible ad on the valid requests."""
         cfg = self.model.cfg
-        req, b, elig, _ = self.ctx.prepare(self.valid, cfg.max_len, cfg.thought_tokens)
-        items, _ = self.model.generate(b, self.trie, beam, elig)
+        req = servable(self.valid)
+        b = self.prep.at_batch(req, cfg.max_len, cfg.thought_tokens)
+        items, _ = self.model.generate(b, self.trie, beam, self.prep.trie_eligible(req))
         top = items[:, :1].numpy()
-        s = self.sim.score(self.ctx.request_ids(req), top)
+        s = self.sim.score(req.request_ids, top)
         return float(np.where(top >= 0, s.value, 0.0).mean())
 
 

@@ -13,36 +13,33 @@ from __future__ import annotations
 
 import numpy as np
 
-from gpr.market.ads import Users
-from gpr.model.journey import TokenStreams
-from gpr.policy.rollout import RequestSet
+from gpr.market.policy import RequestBatch
 
 
 def synthetic_requests(
-    j: TokenStreams,
-    users: Users,
-    positions: np.ndarray,
+    real: RequestBatch,
     per_tier: tuple[int, int, int],
     recent: int,
     rng: np.random.Generator,
-) -> RequestSet:
-    """Synthetic requests anchored on the real request positions `positions` (E tokens)."""
-    pos = np.sort(np.asarray(positions, dtype=np.int64))
-    if not len(pos):
-        return RequestSet(pos, np.zeros((0, 4), np.int64))
-    user = np.searchsorted(j.indptr, pos, side="right") - 1
+) -> RequestBatch:
+    """Synthetic requests anchored on the logged requests `real` (any order)."""
+    real = real.take(np.argsort(real.pos, kind="stable"))  # by user, then time
+    if not len(real):
+        return real
+    pos, user = real.pos, real.user_ids
     cut = np.nonzero(np.diff(user))[0] + 1
     start, end = np.r_[0, cut], np.r_[cut, len(pos)]
     lo = np.maximum(start, end - recent)
-    tier = np.clip(users.activity_tier[j.users[user[start]]], 0, 2)
+    tier = np.clip(real.users.activity_tier[user[start]], 0, 2)
     n = np.asarray(per_tier, dtype=np.int64)[tier]
     g = np.repeat(np.arange(len(start)), n)
-    anchor = pos[lo[g] + (rng.random(len(g)) * (end[g] - lo[g])).astype(np.int64)]
+    anchor = lo[g] + (rng.random(len(g)) * (end[g] - lo[g])).astype(np.int64)
     # the environment of a random request of the same day ("current traffic")
-    by_day = pos[np.argsort(j.day[pos], kind="stable")]
-    days = j.day[by_day]
-    d = j.day[anchor]
+    by_day = np.argsort(real.days, kind="stable")
+    days = real.days[by_day]
+    d = real.days[anchor]
     first = np.searchsorted(days, d, side="left")
     count = np.searchsorted(days, d, side="right") - first
     donor = by_day[first + (rng.random(len(anchor)) * count).astype(np.int64)]
-    return RequestSet(anchor, j.field[donor, :4].copy())
+    env = np.maximum(real.env[donor], 0)  # as the model's tokens hold it
+    return real.take(anchor).with_env(env)

@@ -35,12 +35,14 @@ from gpr.core.errors import GprInputError
 from gpr.core.io import atomic_dir
 from gpr.core.run import copy_catalogue, seal
 from gpr.core.runtime import set_threads
+from gpr.market.policy import RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.hte import side_width
 from gpr.model.journey import positions_for_split
+from gpr.model.prepare import Prepared
 from gpr.model.registry import load_run
 from gpr.policy.hte_features import ItemTopics, ad_bids, hte_side_features
-from gpr.policy.rollout import RequestContext, RequestSet
+from gpr.policy.rollout import servable
 
 CHUNK = 256  # requests per generation batch
 
@@ -58,32 +60,31 @@ class Candidates:
     """Frozen inputs and simulator targets of HTE for the beam unions of a set of requests."""
 
     def __init__(
-        self, model: GPRModel, ctx: RequestContext, sim: Simulator, pos: np.ndarray, beam: int
+        self, model: GPRModel, prep: Prepared, sim: Simulator, pos: np.ndarray, beam: int
     ) -> None:
-        cfg, trie = model.cfg, ctx.prep.trie
+        cfg, trie, logs = model.cfg, prep.trie, sim.logs
         with_side = model.hte is not None and model.hte.side > 0
         topics = ItemTopics.from_items(sim.logs.items) if cfg.hte_session else None
         keys = ("h", "pre", "ok", "bid", "ctr", "cvr", "side")
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in keys}
         for lo in range(0, len(pos), CHUNK):
-            req, b, elig, _ = ctx.prepare(
-                RequestSet(pos[lo : lo + CHUNK]), cfg.max_len, cfg.thought_tokens
-            )
-            if not len(req.pos):
+            ids = prep.journeys.request[pos[lo : lo + CHUNK]]
+            req = servable(RequestBatch.of(ids, logs.journeys, logs.ads, logs.users))
+            if not len(req):
                 continue
+            b = prep.at_batch(req, cfg.max_len, cfg.thought_tokens)
             with torch.no_grad():
-                items, _ = model.generate(b, trie, beam, elig)
+                items, _ = model.generate(b, trie, beam, prep.trie_eligible(req))
                 h, _, _ = model.encode(b)
-                codes = torch.from_numpy(ctx.prep.sids.codes[items.clamp(min=0).numpy()])
+                codes = torch.from_numpy(prep.sids.codes[items.clamp(min=0).numpy()])
                 pre = model.embed.prefix(codes.reshape(-1, codes.shape[-1]))
-            s = sim.score(ctx.request_ids(req), items.clamp(min=0).numpy())
+            s = sim.score(req.request_ids, items.clamp(min=0).numpy())
             parts["h"].append(h)
             parts["pre"].append(pre.reshape(*items.shape, *pre.shape[1:]))
             parts["ok"].append((items >= 0).to(torch.uint8))
-            parts["bid"].append(ad_bids(items, ctx.ads))
+            parts["bid"].append(ad_bids(items, logs.ads))
             if with_side:
-                days = ctx.prep.journeys.day[req.pos]
-                parts["side"].append(hte_side_features(b, items, ctx.ads, days, topics))
+                parts["side"].append(hte_side_features(b, items, logs.ads, req.days, topics))
             parts["ctr"].append(torch.from_numpy(s.pctr).float())
             parts["cvr"].append(torch.from_numpy(s.pcvr).float())
         if not parts["h"]:
@@ -143,7 +144,6 @@ def distill_hte(
         raise GprInputError("needs a gpr/hstu run with HTE (model.hte)", file=init, field="hte")
     ac = cfg.align
     sim = Simulator(simulator, info["data"])
-    ctx = RequestContext(prep, sim.logs.ads, sim.logs.users)
     rng = np.random.default_rng(cfg.seed)
     j, beam = prep.journeys, int(info["config"]["train"]["beam"])
     beam = cfg.serve.beam or beam
@@ -163,8 +163,8 @@ def distill_hte(
             field="model.hte_features",
         )
     model.eval().requires_grad_(False)
-    train_c = Candidates(model, ctx, sim, pick("train", ac.hte_requests), beam)
-    valid_c = Candidates(model, ctx, sim, pick("valid", ac.eval_requests), beam)
+    train_c = Candidates(model, prep, sim, pick("train", ac.hte_requests), beam)
+    valid_c = Candidates(model, prep, sim, pick("valid", ac.eval_requests), beam)
     heads = [*model.hte.ctr.parameters(), *model.hte.cvr.parameters()]
     if model.hte.side:
         heads += [*model.hte.side_ctr.parameters(), *model.hte.side_cvr.parameters()]
