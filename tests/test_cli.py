@@ -155,3 +155,47 @@ def test_signals_stop_cleanly(sig: int, code: int, tmp_path: Path) -> None:
     assert p.returncode == code, err
     assert "Traceback" not in err and err.strip().splitlines()[-1].startswith("gpr: ")
     assert list(tmp_path.iterdir()) == []  # no output, no temp dir
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(
+    ("damage", "needle"),
+    [
+        ("manifest_no_hash", "content_hash"),
+        ("manifest_no_split", "'split'"),
+        ("manifest_no_train_days", "split.train_days"),
+        ("truncated_events", "events.parquet"),
+        ("truncated_truth_latents", "latents.safetensors"),
+        ("truncated_truth_requests", "requests.parquet"),
+    ],
+)
+def test_corrupt_datasets_exit_2(
+    damage: str, needle: str, tiny_world: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "w"
+    shutil.copytree(tiny_world, data)
+    manifest = json.loads((data / "manifest.json").read_text())
+    if damage == "manifest_no_hash":
+        del manifest["content_hash"]
+    elif damage == "manifest_no_split":
+        del manifest["split"]
+    elif damage == "manifest_no_train_days":
+        del manifest["split"]["train_days"]
+    elif damage == "truncated_events":
+        _truncate(data / "events.parquet")
+    else:
+        _truncate(data / "truth" / needle)
+    (data / "manifest.json").write_text(json.dumps(manifest))
+    before = _snapshot(data)
+    p = run_cli(
+        "simulate", "--policy", "logging", "--data", str(data), "--out", str(tmp_path / "s")
+    )
+    _one_line(p, 2, needle)
+    if damage.startswith("manifest"):  # the tokenizer reads the manifest too
+        p = run_cli("tokenize", "--data", str(data), "--out", str(tmp_path / "t"))
+        _one_line(p, 2, needle)
+    assert _snapshot(data) == before and not (tmp_path / "s").exists()
+    assert not (tmp_path / "t").exists()

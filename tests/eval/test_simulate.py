@@ -11,7 +11,7 @@ import pyarrow as pa
 import pytest
 
 from gpr.core.errors import GprInputError
-from gpr.core.io import write_parquet
+from gpr.core.io import content_hash, write_parquet
 from gpr.core.metrics import auc, gauc
 from gpr.data.schema import EVENTS, ITEMS, USERS
 from gpr.eval.simulate import SimData, replay, simulate
@@ -116,7 +116,13 @@ def make_hand_world(root: Path, budget_a: float = 0.5) -> Path:
         "split": ["test"] * len(rows),
     }
     write_parquet(root / "events.parquet", _table(ev, EVENTS))
-    (root / "manifest.json").write_text(json.dumps({"format": "gpr-data/1"}))
+    files = [root / f"{n}.parquet" for n in ("users", "items", "events")]
+    manifest = {
+        "format": "gpr-data/1",
+        "split": {"scheme": "days", "train_days": []},
+        "content_hash": content_hash(files),
+    }
+    (root / "manifest.json").write_text(json.dumps(manifest))
     return root
 
 

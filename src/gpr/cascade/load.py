@@ -5,14 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from safetensors.torch import load_file
-
 from gpr.cascade.config import CascadeConfig
 from gpr.cascade.features import Catalog
 from gpr.cascade.ranking import RankingModel
 from gpr.cascade.retrieval import RetrievalModel
 from gpr.core.errors import GprInputError
-from gpr.core.io import file_sha256
+from gpr.core.io import file_sha256, read_tensors
 from gpr.core.run import Run
 from gpr.market.journeys import LogData
 
@@ -55,7 +53,7 @@ def load_cascade(run_dir: Path, logs: LogData) -> Cascade:
         path = run_dir / f"{name}.safetensors"
         if not path.exists():
             raise GprInputError("file not found", file=path)
-        state = load_file(str(path))
+        state = read_tensors(path)
         # runs saved before cascade.user_id was retired hold its (unused) table
         state = {k: v for k, v in state.items() if not k.startswith(RETIRED_TENSORS)}
         model.load_state_dict(state)

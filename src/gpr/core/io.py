@@ -15,6 +15,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from gpr.core.errors import GprInputError
 
@@ -114,6 +117,18 @@ def read_json(path: str | Path) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise GprInputError("expected a JSON object", file=path)
     return obj
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """A safetensors file as torch tensors (never a pickle); a missing, truncated or foreign file
+    is one GprInputError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise GprInputError("file not found", file=path)
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise GprInputError(f"not a readable safetensors file ({e})", file=path) from None
 
 
 def _json_default(o: Any) -> Any:

@@ -202,12 +202,39 @@ class Dataset:
         return t.column(name).to_numpy(zero_copy_only=False)
 
 
+SPLIT_SCHEMES = ("days", "leave_one_out")
+
+
+def read_manifest(root: Path) -> dict[str, Any]:
+    """DIR/manifest.json, with the keys that readers rely on checked: `content_hash`, `split.scheme`
+    and, for the "days" scheme, `split.train_days` (it decides the tokenizer's fitted items)."""
+    path = root / "manifest.json"
+    m = read_json(path)
+    if not isinstance(m, dict):
+        raise GprInputError("expected a JSON object", file=path)
+    if not isinstance(m.get("content_hash"), str):
+        raise GprInputError("missing or not a string", file=path, field="content_hash")
+    split = m.get("split")
+    if not isinstance(split, dict) or split.get("scheme") not in SPLIT_SCHEMES:
+        raise GprInputError(
+            f"split.scheme must be one of {SPLIT_SCHEMES}", file=path, field="split"
+        )
+    days = split.get("train_days")
+    if split["scheme"] == "days" and (
+        not isinstance(days, list) or not all(type(d) is int for d in days)
+    ):
+        raise GprInputError(
+            "a list of day numbers is required", file=path, field="split.train_days"
+        )
+    return m
+
+
 def load_dataset(root: str | Path) -> Dataset:
     """Read and validate DIR/{users,items,events}.parquet and DIR/manifest.json."""
     root = Path(root)
     if not root.is_dir():
         raise GprInputError("dataset directory not found", file=root)
-    manifest = read_json(root / "manifest.json")
+    manifest = read_manifest(root)
     users = read_table(root / "users.parquet", USERS)
     items = read_table(root / "items.parquet", ITEMS, ITEM_OPTIONAL)
     events = read_table(root / "events.parquet", EVENTS)
@@ -224,7 +251,7 @@ def load_dataset(root: str | Path) -> Dataset:
     check_known(ep, ev_users, user_ids, "user_id", allow_missing=False)
     check_known(ep, events.column("item_id").to_numpy(), item_ids, "item_id", allow_missing=True)
     check_monotonic(ep, ev_users, events.column("timestamp").to_numpy())
-    if "content_hash" in manifest and manifest["content_hash"] != content_hash([up, ip, ep]):
+    if manifest["content_hash"] != content_hash([up, ip, ep]):
         raise GprInputError(
             "the data files do not match the manifest's content_hash (edited after writing?)",
             file=root / "manifest.json",

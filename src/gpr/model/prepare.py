@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gpr.core.config import ModelConfig
 from gpr.core.errors import GprInputError
+from gpr.core.io import read_tensors
 from gpr.core.run import CATALOGUE
 from gpr.data.schema import Dataset, load_dataset
 from gpr.market.ads import Ads
@@ -194,13 +195,7 @@ class Catalogue:
     def load(cls, path: Path) -> Catalogue:
         """RUN/catalogue/ as saved; reads no dataset."""
         sids = SidTable.load(path)
-        f = path / TABLES
-        if not f.is_file():
-            raise GprInputError("file not found", file=f)
-        try:
-            t = load_file(str(f))
-        except Exception as e:  # safetensors raises its own error types
-            raise GprInputError(f"not a safetensors file ({e})", file=f) from None
+        t = read_tensors(path / TABLES)
         topic = t.get("item_topic")
         return cls(
             sids,

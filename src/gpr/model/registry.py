@@ -10,11 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from gpr.core.config import GprConfig, ModelConfig, model_overrides
 from gpr.core.errors import GprInputError
-from gpr.core.io import atomic_dir, read_json
+from gpr.core.io import atomic_dir, read_json, read_tensors
 from gpr.core.run import INFO, MANIFEST, Run, seal, upgrade_info
 from gpr.core.runtime import torch_device
 from gpr.data.schema import load_dataset
@@ -85,7 +84,7 @@ def load_weights(model: torch.nn.Module, run_dir: Path) -> None:
     path = run_dir / "model.safetensors"
     if not path.exists():
         raise GprInputError("file not found (training stored no checkpoint)", file=path)
-    res = model.load_state_dict(load_file(str(path)), strict=False)
+    res = model.load_state_dict(read_tensors(path), strict=False)
     missing = [k for k in res.missing_keys if not k.startswith(OPTIONAL_KEYS)]
     if missing or res.unexpected_keys:
         bad = (missing or res.unexpected_keys)[0]

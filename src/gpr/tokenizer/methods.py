@@ -18,11 +18,11 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 from pydantic import ValidationError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from gpr.core.config import TokenizerConfig
 from gpr.core.errors import GprInputError
-from gpr.core.io import read_json, write_json
+from gpr.core.io import read_json, read_tensors, write_json
 from gpr.tokenizer.dedup import validate_embeddings
 from gpr.tokenizer.kmeans import residual_kmeans
 from gpr.tokenizer.rq import (
@@ -204,7 +204,7 @@ class Tokenizer(ABC):
         if not wpath.exists():
             raise GprInputError("weights file not found", file=wpath)
         try:
-            tok._set_state(load_file(str(wpath)))
+            tok._set_state(read_tensors(wpath))
         except (KeyError, RuntimeError, ValueError) as e:
             raise GprInputError(f"weights do not match the config: {e}", file=wpath) from None
         return tok

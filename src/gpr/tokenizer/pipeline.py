@@ -28,7 +28,7 @@ import pyarrow as pa
 from gpr.core.config import GprConfig, TokenizerConfig
 from gpr.core.errors import GprInputError
 from gpr.core.io import atomic_dir, atomic_write_text, read_json, write_json, write_parquet
-from gpr.data.schema import read_table
+from gpr.data.schema import read_manifest, read_table
 from gpr.tokenizer.collab import with_collab
 from gpr.tokenizer.dedup import dedup_index, extend_dedup, validate_embeddings
 from gpr.tokenizer.embed import EmbeddingResult, embed_items, read_items
@@ -168,7 +168,7 @@ def run_tokenize(
         tcfg = tcfg.model_copy(update={"method": method})
     root = Path(data_dir)
     items = read_items(root)
-    manifest = read_json(root / "manifest.json")
+    manifest = read_manifest(root)
     emb = embeddings if embeddings is not None else embed_items(root, device=tcfg.device)
     item_ids = items.column("item_id").to_numpy().astype(np.int64)
     if not np.array_equal(np.asarray(emb.item_ids, dtype=np.int64), item_ids):

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
 from gpr.core.config import WorldConfig
 from gpr.core.errors import GprInputError
-from gpr.core.io import read_json, write_json
+from gpr.core.io import read_json, read_tensors, write_json
 from gpr.data.schema import read_table
 from gpr.world.entities import Catalog, Population
 from gpr.world.response import (
@@ -30,6 +30,17 @@ from gpr.world.response import (
     session_latent,
     sigmoid,
 )
+
+LATENTS = (
+    "ad_q_conv",
+    "ad_quality",
+    "item_latent",
+    "sub_centroid",
+    "user_interests",
+    "user_offset",
+    "user_sensitivity",
+    "user_weights",
+)  # latents.safetensors
 
 REQUESTS = {
     "request_id": pa.int64(),
@@ -90,9 +101,10 @@ class Truth:
         tdir = root / "truth"
         params = read_json(tdir / "params.json")
         lat_path = tdir / "latents.safetensors"
-        if not lat_path.exists():
-            raise GprInputError("file not found", file=lat_path)
-        lat = load_file(str(lat_path))
+        lat = {k: v.numpy() for k, v in read_tensors(lat_path).items()}
+        missing = sorted(set(LATENTS) - set(lat))
+        if missing:
+            raise GprInputError("a latent is missing", file=lat_path, field=missing[0])
         req = read_table(tdir / "requests.parquet", REQUESTS)
         rid = req.column("request_id").to_numpy()
         if not np.array_equal(rid, np.arange(len(rid))):
