@@ -6,6 +6,8 @@ causal attention, shared norms/FFN, no recursion, no thinking/refining, no HTE a
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -197,28 +199,40 @@ class GPRModel(nn.Module):
     # --- generation ---------------------------------------------------------------------------
     @torch.no_grad()
     def generate(
-        self, b: Batch, trie: Trie, beam: int, eligible: torch.Tensor | None = None
+        self,
+        b: Batch,
+        trie: Trie,
+        beam: int,
+        eligible: torch.Tensor | None = None,
+        counts: Any = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Trie-constrained beam search for every MTP head; union ranked by log-probability
         (with the item head: log p_SID + item_head.alpha · log p_head).
 
-        eligible: (P, A) bool over `trie.items` (None = every item). Returns item ids (P, N)
-        (-1 padded, unique per row, best first) and their scores.
+        eligible: (P, A) bool over `trie.items` (None = every item); `counts`: what `trie.legal`
+        reads instead of the counts made from `eligible` (a live catalogue's `Eligibility`).
+        Returns item ids (P, N) (-1 padded, unique per row, best first) and their scores.
         """
-        parts = self.candidates(b, trie, beam, eligible)
+        parts = self.candidates(b, trie, beam, eligible, counts)
         alpha = self.cfg.item_head.alpha if self.cfg.item_head is not None else 0.0
         return rank_candidates(parts, alpha, beam)
 
     @torch.no_grad()
     def candidates(
-        self, b: Batch, trie: Trie, beam: int, eligible: torch.Tensor | None = None
+        self,
+        b: Batch,
+        trie: Trie,
+        beam: int,
+        eligible: torch.Tensor | None = None,
+        counts: Any = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per MTP head: candidate items (P, C) (-1 padded), their SID log p and their item-head
         log p (zeros without the head). The candidates are the head's beam, plus the item head's
         top `item_head.widen` items, which get their exact SID log p (`path_logp`) so every
         candidate is scored the same way."""
         h, ctx, ok = self.encode(b)
-        counts = trie.eligible_counts(eligible) if eligible is not None else None
+        if counts is None and eligible is not None:
+            counts = trie.eligible_counts(eligible)
         keys = self.item_head.keys(self.embed, trie) if self.item_head is not None else None
         last = b.last_item()
         out = []

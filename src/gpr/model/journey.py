@@ -93,13 +93,18 @@ class TokenStreams:
         return len(self.users)
 
 
+def known_user_fields(ds: Dataset) -> list[str]:
+    """The user fields the dataset knows for some user: one U token each, in USER_FIELDS order."""
+    return [f for f in USER_FIELDS if (ds.col("users", f) >= 0).any()]
+
+
 def build_journeys(ds: Dataset, jour: Journeys | None = None) -> TokenStreams:
     """The log index's rows (grouped by user, in journey order) with each user's U tokens rebuilt
     from users.parquet; `jour`: the dataset's index when already built."""
     jour = Journeys.from_dataset(ds) if jour is None else jour
     rows = np.nonzero(jour.ttype != U)[0]  # U tokens are rebuilt, one per known feature group
     users_tab = {k: ds.col("users", k) for k in ("user_id", *USER_FIELDS)}
-    known = [f for f in USER_FIELDS if (users_tab[f] >= 0).any()]
+    known = known_user_fields(ds)
     uid = users_tab["user_id"]
     n_u = len(known)
     ev_u = jour.user[rows]

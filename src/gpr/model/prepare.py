@@ -9,17 +9,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import torch
 from safetensors.torch import save_file
 
 from gpr.core.config import ModelConfig
 from gpr.core.errors import GprInputError
-from gpr.core.io import read_tensors
+from gpr.core.io import read_json, read_tensors, write_json, write_parquet
 from gpr.core.run import CATALOGUE
-from gpr.data.schema import Dataset, load_dataset
-from gpr.market.ads import Ads
+from gpr.data.schema import ITEMS, Dataset, load_dataset, read_table
+from gpr.market.ads import AD_COLUMNS, Ads
 from gpr.market.policy import RequestBatch
 from gpr.model.journey import (
+    USER_FIELDS,
     Batch,
     E,
     I,
@@ -28,6 +30,7 @@ from gpr.model.journey import (
     Window,
     build_journeys,
     collate,
+    known_user_fields,
     next_targets,
     positions_for_split,
     prediction_mask,
@@ -39,6 +42,8 @@ from gpr.tokenizer.embed import CACHE_DIR, MINILM_MODEL, embed_items, minilm_enc
 from gpr.tokenizer.pipeline import saved_tokenizer_input
 
 TABLES = "catalogue.safetensors"
+ADS = "ads.parquet"  # the ads' targeting, flight, bid and budget (ad world), for serving
+SERVING = "serving.json"  # how a request becomes tokens: user fields, engaged-only thoughts
 
 
 @dataclass
@@ -131,6 +136,9 @@ class Catalogue:
     item_topic: np.ndarray | None = None  # thought tokens: topic of every item
     thought_table: torch.Tensor | None = None  # (n_topics, dim) embedded thought texts
     content_table: torch.Tensor | None = None  # (n_items, dim) item content, by item id
+    ads: pa.Table | None = None  # the ad world's ads at training time (targeting, bid, budget)
+    user_fields: tuple[str, ...] = USER_FIELDS  # one U token each (the fields the data knows)
+    engaged_only: bool = False  # ad world: thought tokens count clicked ads only
 
     @property
     def level_sizes(self) -> list[int]:
@@ -150,6 +158,12 @@ class Catalogue:
         sids = SidTable.load(sids_dir, codebook_size)
         check_covers(sids, ds, sids_dir)
         cat = cls(sids, _trie(sids), sids_dir)
+        kind = ds.col("items", "kind").astype(str)
+        if (kind == "ad").any() and np.isfinite(ds.col("items", "bid")[kind == "ad"]).all():
+            rows = np.nonzero(kind == "ad")[0]
+            cat.ads = ds.items.select(["item_id", "kind", *AD_COLUMNS]).take(pa.array(rows))
+        cat.user_fields = tuple(known_user_fields(ds))
+        cat.engaged_only = bool((ds.col("events", "token_type").astype(str) == "E").any())
         if mcfg.thought_tokens > 0:
             cat.item_topic, phrases = item_topics(ds)
             if thought_encoder is not None:
@@ -175,8 +189,14 @@ class Catalogue:
         out = run_dir / CATALOGUE
         out.mkdir(parents=True, exist_ok=True)
         for f in self.sids_dir.iterdir():
-            if f.is_file() and f.name != TABLES:
+            if f.is_file() and f.name not in (TABLES, ADS, SERVING):
                 shutil.copy2(f, out / f.name)
+        if self.ads is not None:
+            write_parquet(out / ADS, self.ads)
+        write_json(
+            out / SERVING,
+            {"user_fields": list(self.user_fields), "engaged_only": self.engaged_only},
+        )
         tensors = {
             k: v
             for k, v in (
@@ -197,7 +217,7 @@ class Catalogue:
         sids = SidTable.load(path)
         t = read_tensors(path / TABLES)
         topic = t.get("item_topic")
-        return cls(
+        cat = cls(
             sids,
             _trie(sids),
             path,
@@ -205,6 +225,19 @@ class Catalogue:
             t.get("thought_table"),
             t.get("content_table"),
         )
+        if (path / ADS).is_file():
+            cols = ("item_id", "kind", *AD_COLUMNS)
+            cat.ads = read_table(path / ADS, {k: ITEMS[k] for k in cols})
+        if (path / SERVING).is_file():
+            meta = read_json(path / SERVING)
+            fields = meta.get("user_fields")
+            if not isinstance(fields, list) or not set(fields) <= set(USER_FIELDS):
+                raise GprInputError(
+                    f"a list of fields of {USER_FIELDS}", file=path / SERVING, field="user_fields"
+                )
+            cat.user_fields = tuple(f for f in USER_FIELDS if f in fields)
+            cat.engaged_only = bool(meta.get("engaged_only", False))
+        return cat
 
 
 def _trie(sids: SidTable) -> Trie:

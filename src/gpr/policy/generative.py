@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gpr.core.config import serve_config
+from gpr.core.config import ServeScore, serve_config
 from gpr.core.errors import GprInputError
 from gpr.market.policy import Ranked, RequestBatch
 from gpr.model.gpr import GPRModel
@@ -79,15 +79,28 @@ class GenerativePolicy:
         self, b: Batch, items: torch.Tensor, logp: torch.Tensor, batch: RequestBatch
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidates in order of the serving score (-1 items last), with their scores."""
-        w = self.score
-        if w.logp == 1.0 and not w.log_bid and not w.log_hte_value:
-            return items, logp  # the beam's own order
-        total = w.logp * logp if w.logp else torch.zeros_like(logp)
-        if w.log_hte_value:
-            value = self._hte_value(b, items, batch)
-            total = total + w.log_hte_value * value.clamp(min=1e-12).log()
-        if w.log_bid:
-            total = total + w.log_bid * ad_bids(items, batch.ads).clamp(min=1e-12).log()
-        total = torch.where(items >= 0, total, -torch.inf)
+        value = self._hte_value(b, items, batch) if self.score.log_hte_value else None
+        total = serving_score(self.score, items, logp, ad_bids(items, batch.ads), value)
         order = total.argsort(dim=1, descending=True, stable=True)
         return items.gather(1, order), total.gather(1, order)
+
+
+def serving_score(
+    w: ServeScore,
+    items: torch.Tensor,
+    logp: torch.Tensor,
+    bid: torch.Tensor,
+    value: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """(P, N) serving score of candidates: w.logp·log p + w.log_bid·log bid + w.log_hte_value·log
+    value (value: bid x pCTR x pCVR, needed when that weight is set); -inf for -1 items. The
+    default weights give log p itself, so the beam's own order is kept."""
+    if w.logp == 1.0 and not w.log_bid and not w.log_hte_value:
+        return logp
+    total = w.logp * logp if w.logp else torch.zeros_like(logp)
+    if w.log_hte_value:
+        assert value is not None, "log_hte_value needs the candidates' HTE value"
+        total = total + w.log_hte_value * value.clamp(min=1e-12).log()
+    if w.log_bid:
+        total = total + w.log_bid * bid.clamp(min=1e-12).log()
+    return torch.where(items >= 0, total, -torch.inf)

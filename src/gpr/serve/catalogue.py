@@ -367,6 +367,13 @@ class LiveCatalogue:
             & ((gender < 0) | (gender == elig.gender_np[r]))
         )
 
+    def bids(self, items: torch.Tensor) -> torch.Tensor:
+        """The current bid of each ad item id (any shape; 0 for -1 and unknown ids)."""
+        col = self.column(items)
+        with self._lock:
+            bid = torch.from_numpy(self._bid[: max(self._n_ads, 1)].astype(np.float32))
+        return torch.where(col >= 0, bid[col.clamp(min=0)], 0.0)
+
     def to_trie(self) -> Trie:
         """A static model.trie.Trie of the current ads (same column order), e.g. for a GPU."""
         with self._lock:

@@ -1,0 +1,376 @@
+"""The inference engine: serving requests in, ranked ads out, from a Run alone (spec §5).
+
+A request carries the user's attributes, their recent journey (oldest first) and the environment
+of the request. It becomes the model's tokens exactly as training saw them (`model.journey`: the
+user's U tokens, the journey's O / E / I tokens, and the request's own E token, where the model
+predicts). Decoding runs inside the live catalogue (`serve.catalogue`): only ads eligible for
+that user at that moment can be generated. The union of the MTP heads' beams is ranked by the
+run's serving score (`policy.generative.serving_score`), and each ad comes with HTE's pCTR, pCVR
+and eCPM when the model has HTE.
+
+Journey items the run does not know (no semantic ID: organic items or ads added after training)
+enter as tokens without an item: their type, time and environment are kept.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from gpr.core.config import GprConfig, ServeScore
+from gpr.core.errors import GprInputError
+from gpr.core.run import Run
+from gpr.data.schema import ITEMS, read_table
+from gpr.market.ads import AD_COLUMNS, Ads
+from gpr.market.journeys import TYPE_CODE, LogData
+from gpr.model.gpr import GPRModel
+from gpr.model.journey import (
+    USER_FIELDS,
+    Batch,
+    E,
+    TokenStreams,
+    collate,
+    tail_windows,
+)
+from gpr.model.prepare import Catalogue
+from gpr.model.registry import load_model
+from gpr.model.thoughts import window_thoughts
+from gpr.policy.generative import serving_score
+from gpr.serve.catalogue import LiveCatalogue
+
+ENV_FIELDS = ("scene", "slot", "device", "hour")
+USER_LIMIT = dict(
+    zip(USER_FIELDS, ("age_bands", "genders", "regions", "activity_tiers"), strict=True)
+)
+ENV_LIMIT = dict(zip(ENV_FIELDS, ("scenes", "slots", "devices", "hours"), strict=True))
+# value ranges of the request fields the model embeds (model.journey.USER_FIELD_SIZES, ENV_SIZES)
+LIMITS = {
+    "age_bands": 5,
+    "genders": 2,
+    "regions": 6,
+    "activity_tiers": 3,
+    "scenes": 3,
+    "slots": 6,
+    "devices": 3,
+    "hours": 24,
+    "actions": 3,
+}
+
+
+@dataclass
+class UserFeatures:
+    age_band: int
+    gender: int
+    region: int
+    activity_tier: int
+
+
+@dataclass
+class Event:
+    """One past event of the user's journey, oldest first."""
+
+    token_type: str  # "O" organic item view, "E" ad request, "I" ad impression
+    timestamp: int  # seconds
+    item_id: int = -1  # O and I events: the item; E: -1
+    scene: int = -1
+    slot: int = -1
+    device: int = -1
+    hour: int = -1
+    action: int = -1  # I events: 0 impression, 1 click, 2 conversion
+
+
+@dataclass
+class Env:
+    scene: int
+    slot: int
+    device: int
+    hour: int
+
+
+@dataclass
+class ServeRequest:
+    user: UserFeatures
+    journey: list[Event]
+    env: Env
+    timestamp: int
+    k: int = 10
+
+
+@dataclass
+class ServedAd:
+    item_id: int
+    score: float  # the serving score that ranked it
+    logp: float  # log p of its semantic-ID path (with the item head: the combined score)
+    pctr: float | None  # HTE's estimates (None without HTE)
+    pcvr: float | None
+    ecpm: float | None  # 1000 x bid x pCTR x pCVR
+    bid: float
+
+
+@dataclass
+class Recommendation:
+    ads: list[ServedAd]
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+class Engine:
+    """A generative run served over a live catalogue; `recommend` is safe from one thread at a
+    time per engine plus concurrent catalogue updates (the catalogue has its own lock)."""
+
+    def __init__(
+        self,
+        run: Run,
+        model: GPRModel,
+        cat: Catalogue,
+        catalogue: LiveCatalogue,
+        beam: int,
+        score: ServeScore,
+    ) -> None:
+        self.run, self.model, self.cat, self.catalogue = run, model.eval(), cat, catalogue
+        self.beam, self.score = beam, score
+        self.limits = {**LIMITS, "max_item_id": len(cat.sids.codes) - 1}
+        self._lock = threading.Lock()  # one decode at a time (torch uses the cores itself)
+        if score.log_hte_value and (model.hte is None or model.cfg.hte_side):
+            raise GprInputError(
+                "serving by HTE value needs HTE without side features (model.hte_features: [])",
+                file=run.path,
+                field="serve.score.log_hte_value",
+            )
+
+    @classmethod
+    def from_run(
+        cls,
+        run: str | Path,
+        ads: str | Path | None = None,
+        beam: int | None = None,
+        day: int | None = None,
+    ) -> Engine:
+        """Load RUN (no training data); `ads`: an items.parquet whose ads replace the run's own;
+        `day`: the catalogue's day (default: the run's world's last day, its test day)."""
+        r = Run.load(run)
+        model, cat = load_model(r)
+        if not isinstance(model, GPRModel):
+            raise GprInputError(
+                f"serving needs a gpr or hstu run, not {r.model}", file=r.path, field="model"
+            )
+        table = cat.ads if ads is None else _read_ads(Path(ads))
+        if table is None:
+            raise GprInputError(
+                "the run holds no ads (not trained on an ad world); pass --ads ITEMS.parquet",
+                file=r.catalogue,
+                field="ads",
+            )
+        cfg = GprConfig.model_validate(r.info["config"])
+        day = cfg.world.n_days - 1 if day is None else day
+        live = LiveCatalogue.from_run(r, Ads.from_items(table), day=day)
+        return cls(r, model, cat, live, beam or cfg.serve.beam or cfg.train.beam, cfg.serve.score)
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {
+            "run": self.run.path.name,
+            "model": self.run.model,
+            "stage": self.run.info.get("stage", "mtp"),
+            "levels": self.cat.sids.levels,
+            "beam": self.beam,
+            "catalogue_ads": len(self.catalogue),
+            "catalogue_version": self.catalogue.version,
+            "day": self.catalogue.day,
+        }
+
+    # --- requests -> tokens ---------------------------------------------------------------------
+    def tokens(self, reqs: list[ServeRequest]) -> tuple[TokenStreams, np.ndarray]:
+        """One token stream per request (U tokens, the journey's tail, the request's E token) and
+        the position of each request's E token."""
+        n_u, body = len(self.cat.user_fields), self.model.cfg.max_len - len(self.cat.user_fields)
+        parts: dict[str, list[np.ndarray]] = {k: [] for k in ("t", "item", "field", "act", "ts")}
+        lens = []
+        for r in reqs:
+            ev = r.journey[-(body - 1) :] if body > 1 else []
+            u = [getattr(r.user, f) for f in self.cat.user_fields]
+            t = [TYPE_CODE["U"]] * n_u + [TYPE_CODE[e.token_type] for e in ev] + [E]
+            ids = [-1] * n_u + [e.item_id for e in ev] + [-1]
+            env = [[e.scene, e.slot, e.device, e.hour] for e in ev]
+            env.append([r.env.scene, r.env.slot, r.env.device, r.env.hour])
+            ufield = [
+                [USER_FIELDS.index(f), v, 0, 0]
+                for f, v in zip(self.cat.user_fields, u, strict=True)
+            ]
+            parts["t"].append(np.asarray(t, dtype=np.int64))
+            parts["item"].append(np.asarray(ids, dtype=np.int64))
+            parts["field"].append(np.asarray(ufield + env, dtype=np.int64).reshape(-1, 4))
+            act = [0] * n_u + [e.action for e in ev] + [0]
+            parts["act"].append(np.asarray(act, dtype=np.int64))
+            parts["ts"].append(np.asarray([0] * n_u + [e.timestamp for e in ev] + [r.timestamp]))
+            lens.append(len(t))
+        indptr = np.r_[0, np.cumsum(lens)]
+        item = np.concatenate(parts["item"])
+        codes = self.cat.sids.codes
+        known = (item >= 0) & (item < len(codes))
+        known[known] = (codes[item[known]] >= 0).all(1)
+        ttype = np.concatenate(parts["t"])
+        n = len(ttype)
+        j = TokenStreams(
+            indptr=indptr,
+            users=np.arange(len(reqs)),
+            ttype=ttype,
+            item=np.where(known, item, -1),
+            field=np.maximum(np.concatenate(parts["field"]), 0),
+            action=np.maximum(np.concatenate(parts["act"]), 0),
+            day=np.zeros(n, dtype=np.int64),
+            split=np.zeros(n, dtype=np.int64),
+            request=np.full(n, -1, dtype=np.int64),
+            n_user_tokens=n_u,
+            ts=np.concatenate(parts["ts"]).astype(np.int64),
+        )
+        return j, indptr[1:] - 1
+
+    def batch(self, reqs: list[ServeRequest]) -> Batch:
+        """The model batch of `reqs`: one prediction at each request's E token."""
+        j, pos = self.tokens(reqs)
+        only = np.zeros(len(j.ttype), dtype=bool)
+        only[pos] = True
+        max_len, heads = self.model.cfg.max_len, self.model.cfg.mtp_heads
+        windows = tail_windows(j, pos, max_len)
+        none = np.full((len(j.ttype), heads), -1, dtype=np.int64)
+        b = collate(j, windows, self.cat.sids, none, only, (), max_len)
+        k = self.model.cfg.thought_tokens
+        if k > 0 and self.cat.item_topic is not None:
+            t = window_thoughts(j, windows, self.cat.item_topic, k, self.cat.engaged_only)
+            b.thought = torch.from_numpy(t)
+        return b
+
+    # --- decoding ---------------------------------------------------------------------------------
+    @torch.no_grad()
+    def recommend(self, reqs: list[ServeRequest]) -> list[Recommendation]:
+        """Ranked ads for each request (up to its k), with their score terms and timings."""
+        if not reqs:
+            return []
+        check_requests(reqs, self.limits)
+        t0 = time.perf_counter()
+        b = self.batch(reqs)
+        t1 = time.perf_counter()
+        live = self.catalogue
+        seg = live.space.of(
+            [r.user.age_band for r in reqs],
+            [r.user.gender for r in reqs],
+            [r.user.region for r in reqs],
+        )
+        with self._lock:
+            counts = live.eligibility(seg)
+            mask = live.mask_segments(seg) if self.model.item_head is not None else None
+            items, logp = self.model.generate(b, live, self.beam, mask, counts)  # type: ignore[arg-type]
+            t2 = time.perf_counter()
+            bid = live.bids(items)
+            pctr = pcvr = None
+            if self.model.hte is not None and not self.model.cfg.hte_side:
+                paths = live.paths[live.column(items).clamp(min=0)][..., : self.cat.sids.levels]
+                pctr, pcvr = self.model.hte_probs(b, paths)
+            value = bid * pctr * pcvr if pctr is not None and pcvr is not None else None
+            score = serving_score(self.score, items, logp, bid, value)
+            order = score.argsort(dim=1, descending=True, stable=True)
+        t3 = time.perf_counter()
+        timings = {
+            "featurise": 1000 * (t1 - t0),
+            "decode": 1000 * (t2 - t1),
+            "score": 1000 * (t3 - t2),
+        }
+        out = []
+        for r, req in enumerate(reqs):
+            ads: list[ServedAd] = []
+            for c in order[r].tolist():
+                it = int(items[r, c])
+                if it < 0 or len(ads) >= req.k:
+                    break
+                ctr = None if pctr is None else float(pctr[r, c])
+                cvr = None if pcvr is None else float(pcvr[r, c])
+                bd = float(bid[r, c])
+                ads.append(
+                    ServedAd(
+                        item_id=it,
+                        score=float(score[r, c]),
+                        logp=float(logp[r, c]),
+                        pctr=ctr,
+                        pcvr=cvr,
+                        ecpm=None if ctr is None or cvr is None else 1000 * bd * ctr * cvr,
+                        bid=bd,
+                    )
+                )
+            out.append(Recommendation(ads, dict(timings)))
+        return out
+
+
+def check_requests(reqs: list[ServeRequest], limits: dict[str, int]) -> None:
+    """Every field within what the model embeds; one GprInputError naming the first bad one."""
+    for i, r in enumerate(reqs):
+        where = f"requests[{i}]"
+        for f, key in USER_LIMIT.items():
+            _in_range(getattr(r.user, f), limits[key], f"{where}.user.{f}")
+        for f, key in ENV_LIMIT.items():
+            _in_range(getattr(r.env, f), limits[key], f"{where}.env.{f}")
+        if r.k < 1:
+            raise GprInputError("k must be >= 1", field=f"{where}.k")
+        last = -(2**62)
+        for e_i, e in enumerate(r.journey):
+            at = f"{where}.journey[{e_i}]"
+            if e.token_type not in ("O", "E", "I"):
+                raise GprInputError("token_type must be O, E or I", field=f"{at}.token_type")
+            if e.timestamp < last:
+                raise GprInputError("events must be in time order", field=f"{at}.timestamp")
+            last = e.timestamp
+            if e.token_type in ("O", "I") and e.item_id < 0:
+                raise GprInputError("an O or I event needs an item_id >= 0", field=f"{at}.item_id")
+            if e.token_type == "I":
+                _in_range(e.action, limits["actions"], f"{at}.action")
+            if e.token_type == "E":
+                for f, key in ENV_LIMIT.items():
+                    _in_range(getattr(e, f), limits[key], f"{at}.{f}")
+        if r.timestamp < last:
+            raise GprInputError("the request is older than its journey", field=f"{where}.timestamp")
+
+
+def _in_range(v: int, size: int, name: str) -> None:
+    if not 0 <= v < size:
+        raise GprInputError(f"must be in 0..{size - 1}, got {v}", field=name)
+
+
+def _read_ads(path: Path) -> Any:
+    """The ads (kind == 'ad') of an items.parquet, with their targeting, flight, bid and budget."""
+    cols = ("item_id", "kind", *AD_COLUMNS)
+    return read_table(path, {k: ITEMS[k] for k in cols})
+
+
+def logged_requests(logs: LogData, request_ids: np.ndarray, k: int = 10) -> list[ServeRequest]:
+    """Logged requests as a client would send them: the user's attributes, every event before
+    the request (oldest first) and the request's environment (load tests, equivalence tests)."""
+    j, users = logs.journeys, logs.users
+    pos = j.positions(np.asarray(request_ids, dtype=np.int64))
+    types = {code: t for t, code in TYPE_CODE.items()}
+    out = []
+    for p in pos.tolist():
+        rows = range(int(j.user_start[p]), p)
+        u = int(j.user[p])
+        journey = [
+            Event(
+                token_type=types[int(j.ttype[q])],
+                timestamp=int(j.ts[q]),
+                item_id=int(j.item[q]),
+                scene=int(j.scene[q]),
+                slot=int(j.slot[q]),
+                device=int(j.device[q]),
+                hour=int(j.hour[q]),
+                action=int(j.action[q]),
+            )
+            for q in rows
+            if int(j.ttype[q]) != TYPE_CODE["U"]
+        ]
+        user = UserFeatures(*(int(getattr(users, f)[u]) for f in USER_FIELDS))
+        env = Env(int(j.scene[p]), int(j.slot[p]), int(j.device[p]), int(j.hour[p]))
+        out.append(ServeRequest(user, journey, env, int(j.ts[p]), k))
+    return out
