@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from gpr.core.config import ItemHeadConfig, ModelConfig, load_config
-from gpr.model.gpr import GPRModel, merge_ranked
+from gpr.model.gpr import GPRModel, beam_search, merge_ranked
 from gpr.model.journey import E, I, O, U, collate, make_windows, positions_for_split
 from gpr.model.masks import NO_TIME, TIME_BUCKETS, hybrid_mask, time_buckets
 from gpr.model.prepare import Prepared, prepare
@@ -264,6 +264,38 @@ def test_generation_only_produces_legal_and_eligible_items(prep: Prepared) -> No
         allowed = set(prep.trie.items[elig[r]].tolist())
         out = items[r][items[r] >= 0].tolist()
         assert set(out) <= allowed and len(out) == min(20, len(allowed))
+
+
+@pytest.mark.parametrize("thinking", [0, 2])
+def test_incremental_beam_search_equals_the_teacher_forced_decoder(
+    prep: Prepared, thinking: int
+) -> None:
+    """The cached decoder (eval) gives the beams and log p of recomputing the whole decoder at
+    every level (the pass training uses, dropout off), and each beam's log p equals its path's
+    teacher-forced log p."""
+    torch.manual_seed(1)
+    cfg = load_config("tiny", overrides=["model.dropout=0", f"model.thinking_tokens={thinking}"])
+    model = build_model(prep, cfg.model).eval()
+    b = _batch(prep, n=6)
+    elig = torch.rand(
+        len(b.pred_b), len(prep.trie.items), generator=torch.Generator().manual_seed(2)
+    )
+    elig = elig < 0.5
+    counts = prep.trie.eligible_counts(elig)
+    h, ctx, ok = model.encode(b)
+    prefix, _ = model.ptd.prefix(h, ctx, ok, 0)
+    items, logp = beam_search(model, prefix, prep.trie, 12, counts)
+    model.train()  # dropout is 0: the same function, without the cache
+    ref_items, ref_logp = beam_search(model, prefix, prep.trie, 12, counts)
+    model.eval()
+    assert torch.equal(items, ref_items)
+    torch.testing.assert_close(logp, ref_logp, rtol=1e-5, atol=1e-5)
+    col = prep.trie.column(items)
+    rows = torch.arange(len(items)).repeat_interleave(items.shape[1])
+    ok_ = col.reshape(-1) >= 0
+    paths = prep.trie.paths[col.reshape(-1)[ok_]]
+    tf = model.path_logp(prefix[rows[ok_]], paths, prep.trie, counts=counts, rows=rows[ok_])
+    torch.testing.assert_close(tf, logp.reshape(-1)[ok_], rtol=1e-5, atol=1e-5)
 
 
 def test_trie_on_hand_made_paths() -> None:

@@ -19,7 +19,7 @@ from gpr.model.hte import HTE, side_width
 from gpr.model.item_head import ItemHead
 from gpr.model.journey import Batch
 from gpr.model.masks import causal_mask, hybrid_mask, time_buckets
-from gpr.model.ptd import PTD, masked_log_softmax
+from gpr.model.ptd import PTD, masked_log_softmax, start_decode, step_decode
 from gpr.model.trie import Trie
 
 
@@ -287,16 +287,26 @@ class GPRModel(nn.Module):
 def beam_search(
     model: GPRModel, prefix: torch.Tensor, trie: Trie, beam: int, counts: list[torch.Tensor] | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Batched beam search over the trie levels -> leaf items (P, beam) and log-probs."""
+    """Batched beam search over the trie levels -> leaf items (P, beam) and log-probs.
+
+    In eval mode the decoder runs incrementally: the prefix once per request, then one token per
+    beam and level over cached keys and values (`ptd.start_decode` / `step_decode`)."""
     p, dev = prefix.shape[0], prefix.device
     nodes = torch.zeros(p, 1, dtype=torch.long, device=dev)
     logp = torch.zeros(p, 1, device=dev)
     codes = torch.zeros(p, 1, 0, dtype=torch.long, device=dev)
+    cache = None
     for lv in range(trie.depth):
         w = nodes.shape[1]
-        flat_pre = prefix.repeat_interleave(w, dim=0)
-        flat_codes = codes.reshape(p * w, lv)
-        lg = model.ptd.logits(flat_pre, model.code_inputs(flat_codes))[lv]
+        if model.training:  # dropout on: the teacher-forced pass, as in training
+            flat_pre = prefix.repeat_interleave(w, dim=0)
+            flat_codes = codes.reshape(p * w, lv)
+            lg = model.ptd.logits(flat_pre, model.code_inputs(flat_codes))[lv]
+        elif cache is None:
+            lg, cache = start_decode(model.ptd, prefix)
+        else:
+            z = model.embed.codes[lv - 1](codes[:, :, -1].clamp(0, model.level_sizes[0]))
+            lg = step_decode(model.ptd, cache, z, lv).reshape(p * w, -1)
         rows = torch.arange(p, device=dev).repeat_interleave(w)
         legal = trie.legal(lv, nodes.reshape(-1), counts, rows)
         lp = masked_log_softmax(lg, legal).reshape(p, w, -1)
@@ -313,6 +323,8 @@ def beam_search(
         codes = torch.cat(
             [codes.gather(1, src.unsqueeze(-1).expand(-1, -1, lv)), code.unsqueeze(-1)], dim=-1
         )
+        if cache is not None:
+            cache.reorder(src)
     items = torch.where(nodes >= 0, trie.leaf_item[nodes.clamp(min=0)], -1)
     return items, torch.where(nodes >= 0, logp, -torch.inf)
 

@@ -114,3 +114,82 @@ class PTD(nn.Module):
 
 def masked_log_softmax(logits: torch.Tensor, legal: torch.Tensor) -> torch.Tensor:
     return torch.log_softmax(logits.masked_fill(~legal, -math.inf), dim=-1)
+
+
+class DecodeCache:
+    """Keys and values of the generation decoder during beam search (inference only): the prefix
+    tokens' once per request, (P, n, H, dh) per layer, and the code tokens' per beam,
+    (P, W, t, H, dh) per layer, reordered with the beams."""
+
+    def __init__(self, pre_k: list[torch.Tensor], pre_v: list[torch.Tensor]) -> None:
+        self.pre_k, self.pre_v = pre_k, pre_v
+        p, _, h, dh = pre_k[0].shape
+        empty = pre_k[0].new_zeros(p, 1, 0, h, dh)
+        self.k = [empty for _ in pre_k]
+        self.v = [empty for _ in pre_k]
+        self.n_prefix = pre_k[0].shape[1]
+
+    def reorder(self, src: torch.Tensor) -> None:
+        """Keep the beams `src` (P, W') of the current ones (their parents)."""
+        idx = src[:, :, None, None, None]
+        for i in range(len(self.k)):
+            shape = (*src.shape, *self.k[i].shape[2:])
+            self.k[i] = self.k[i].gather(1, idx.expand(shape))
+            self.v[i] = self.v[i].gather(1, idx.expand(shape))
+
+
+def _heads(x: torch.Tensor, n_heads: int) -> torch.Tensor:
+    return x.reshape(*x.shape[:-1], n_heads, x.shape[-1] // n_heads)
+
+
+def _qkv(
+    layer: nn.TransformerEncoderLayer, x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    attn = layer.self_attn
+    q, k, v = F.linear(layer.norm1(x), attn.in_proj_weight, attn.in_proj_bias).chunk(3, dim=-1)
+    h = attn.num_heads
+    return _heads(q, h), _heads(k, h), _heads(v, h)
+
+
+def _finish(layer: nn.TransformerEncoderLayer, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+    """The rest of a pre-norm layer after attention (heads `a` merged): residual and FFN."""
+    x = x + layer.self_attn.out_proj(a.flatten(-2))
+    return x + layer.linear2(layer.activation(layer.linear1(layer.norm2(x))))
+
+
+@torch.no_grad()
+def start_decode(ptd: PTD, prefix: torch.Tensor) -> tuple[torch.Tensor, DecodeCache]:
+    """Run the prefix tokens (P, n, d) once: level-1 logits (P, size_1) and the cache."""
+    n = prefix.shape[1]
+    x = prefix + ptd.pos(torch.arange(n, device=prefix.device)).unsqueeze(0)
+    causal = torch.ones(n, n, dtype=torch.bool, device=x.device).triu(1)
+    ks, vs = [], []
+    for layer in ptd.decoder.layers:
+        q, k, v = _qkv(layer, x)
+        s = torch.einsum("pihd,pjhd->phij", q, k) / math.sqrt(q.shape[-1])
+        a = torch.einsum("phij,pjhd->pihd", s.masked_fill(causal, -math.inf).softmax(-1), v)
+        x = _finish(layer, x, a)
+        ks.append(k)
+        vs.append(v)
+    return ptd.out[0](ptd.norm(x[:, -1])), DecodeCache(ks, vs)
+
+
+@torch.no_grad()
+def step_decode(ptd: PTD, cache: DecodeCache, z: torch.Tensor, level: int) -> torch.Tensor:
+    """One code token per beam, z (P, W, d) the embedding of the code chosen at `level` - 1:
+    the logits of `level` (P, W, size), its keys and values appended to the cache."""
+    pos = cache.n_prefix + level - 1
+    x = z + ptd.pos.weight[pos]
+    for i, layer in enumerate(ptd.decoder.layers):
+        q, k, v = _qkv(layer, x)  # (P, W, H, dh)
+        cache.k[i] = torch.cat([cache.k[i], k.unsqueeze(2)], 2)
+        cache.v[i] = torch.cat([cache.v[i], v.unsqueeze(2)], 2)
+        scale = 1 / math.sqrt(q.shape[-1])
+        s_pre = torch.einsum("pwhd,pnhd->pwhn", q, cache.pre_k[i]) * scale
+        s_own = torch.einsum("pwhd,pwthd->pwht", q, cache.k[i]) * scale
+        att = torch.cat([s_pre, s_own], -1).softmax(-1)
+        n = s_pre.shape[-1]
+        a = torch.einsum("pwhn,pnhd->pwhd", att[..., :n], cache.pre_v[i])
+        a = a + torch.einsum("pwht,pwthd->pwhd", att[..., n:], cache.v[i])
+        x = _finish(layer, x, a)
+    return ptd.out[level](ptd.norm(x))
