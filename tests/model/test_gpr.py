@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from gpr.core.config import ItemHeadConfig, ModelConfig, load_config
+from gpr.core.config import ItemHeadConfig, ModelConfig, ValueGuide, load_config
 from gpr.model.gpr import GPRModel, beam_search, merge_ranked
 from gpr.model.journey import E, I, O, U, collate, make_windows, positions_for_split
 from gpr.model.masks import NO_TIME, TIME_BUCKETS, hybrid_mask, time_buckets
@@ -296,6 +296,42 @@ def test_incremental_beam_search_equals_the_teacher_forced_decoder(
     paths = prep.trie.paths[col.reshape(-1)[ok_]]
     tf = model.path_logp(prefix[rows[ok_]], paths, prep.trie, counts=counts, rows=rows[ok_])
     torch.testing.assert_close(tf, logp.reshape(-1)[ok_], rtol=1e-5, atol=1e-5)
+
+
+def test_value_guided_beam(prep: Prepared) -> None:
+    """A vanishing value weight is the fixed beam; a large one changes the beam toward high-value
+    prefixes; pruning narrows it; every ad stays legal and eligible, log p stays the path's."""
+    torch.manual_seed(3)
+    model = build_model(prep, load_config("tiny").model).eval()
+    assert model.hte is not None
+    b = _batch(prep, n=6)
+    gen = torch.Generator().manual_seed(4)
+    elig = torch.rand(len(b.pred_b), len(prep.trie.items), generator=gen) < 0.5
+    counts = prep.trie.eligible_counts(elig)
+    h, ctx, ok = model.encode(b)
+    prefix, _ = model.ptd.prefix(h, ctx, ok, 0)
+    fixed, fixed_lp = beam_search(model, prefix, prep.trie, 10, counts)
+    tiny = ValueGuide(weight=1e-9)
+    items, lp = beam_search(model, prefix, prep.trie, 10, counts, h, tiny)
+    assert torch.equal(items, fixed)
+    torch.testing.assert_close(lp, fixed_lp)
+    with torch.no_grad():  # make the value decisive and far from the policy
+        model.hte.value[2].bias.fill_(0.0)
+        model.hte.value[2].weight.normal_(0, 5.0, generator=gen)
+    strong, strong_lp = beam_search(model, prefix, prep.trie, 10, counts, h, ValueGuide(weight=5.0))
+    assert not torch.equal(strong, fixed)
+    pruned, _ = beam_search(model, prefix, prep.trie, 10, counts, h, ValueGuide(prune=0.9))
+    assert (pruned >= 0).sum() < (strong >= 0).sum()
+    for out in (strong, pruned):
+        col = prep.trie.column(out)
+        assert (col[out >= 0] >= 0).all()
+        rows = torch.arange(len(out)).unsqueeze(1).expand_as(out)
+        assert elig[rows[out >= 0], col[out >= 0]].all()
+    ok_ = strong >= 0
+    rows = torch.arange(len(strong)).repeat_interleave(strong.shape[1])[ok_.reshape(-1)]
+    paths = prep.trie.paths[prep.trie.column(strong[ok_])]
+    tf = model.path_logp(prefix[rows], paths, prep.trie, counts=counts, rows=rows)
+    torch.testing.assert_close(tf, strong_lp[ok_], rtol=1e-5, atol=1e-5)
 
 
 def test_trie_on_hand_made_paths() -> None:

@@ -347,11 +347,22 @@ class ServeScore(_Strict):
     log_hte_value: float = Field(0.0, ge=0)
 
 
+class ValueGuide(_Strict):
+    """The value-guided dynamic beam (spec §5; needs HTE). At every semantic level the beam keeps
+    the candidates best by log p + weight · log v, v the HTE value of the prefix, among the
+    2 x beam best by log p: high-value prefixes keep more branches. With `prune` > 0 a prefix
+    whose value is below `prune` x the best of its request is dropped early (a narrower beam)."""
+
+    weight: float = Field(1.0, gt=0)
+    prune: float = Field(0.0, ge=0, lt=1)
+
+
 class ServeConfig(_Strict):
     """Serving a generative run (spec §5)."""
 
     beam: int | None = Field(None, ge=1)  # per MTP head; None: train.beam
     score: ServeScore = Field(default_factory=ServeScore)
+    guide: ValueGuide | None = None  # None: the fixed-width beam
 
 
 class GprConfig(_Strict):
@@ -507,7 +518,9 @@ def serve_config(run_config: dict[str, Any], overrides: list[str] | None = None)
 def _set(data: dict[str, Any], keys: list[str], value: Any, item: str) -> None:
     node = data
     for k in keys[:-1]:
-        node = node.setdefault(k, {})
+        if node.get(k) is None:  # an optional section that is off: set it up
+            node[k] = {}
+        node = node[k]
         if not isinstance(node, dict):
             raise GprInputError(f"'{k}' is not a section", field=item)
     node[keys[-1]] = value

@@ -6,13 +6,14 @@ causal attention, shared norms/FFN, no recursion, no thinking/refining, no HTE a
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gpr.core.config import ModelConfig
+from gpr.core.config import ModelConfig, ValueGuide
 from gpr.model.embed import TokenEmbedding
 from gpr.model.hsd import HSD
 from gpr.model.hte import HTE, side_width
@@ -205,15 +206,17 @@ class GPRModel(nn.Module):
         beam: int,
         eligible: torch.Tensor | None = None,
         counts: Any = None,
+        guide: ValueGuide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Trie-constrained beam search for every MTP head; union ranked by log-probability
         (with the item head: log p_SID + item_head.alpha · log p_head).
 
         eligible: (P, A) bool over `trie.items` (None = every item); `counts`: what `trie.legal`
-        reads instead of the counts made from `eligible` (a live catalogue's `Eligibility`).
+        reads instead of the counts made from `eligible` (a live catalogue's `Eligibility`);
+        `guide`: the value-guided beam (None: fixed width).
         Returns item ids (P, N) (-1 padded, unique per row, best first) and their scores.
         """
-        parts = self.candidates(b, trie, beam, eligible, counts)
+        parts = self.candidates(b, trie, beam, eligible, counts, guide)
         alpha = self.cfg.item_head.alpha if self.cfg.item_head is not None else 0.0
         return rank_candidates(parts, alpha, beam)
 
@@ -225,6 +228,7 @@ class GPRModel(nn.Module):
         beam: int,
         eligible: torch.Tensor | None = None,
         counts: Any = None,
+        guide: ValueGuide | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per MTP head: candidate items (P, C) (-1 padded), their SID log p and their item-head
         log p (zeros without the head). The candidates are the head's beam, plus the item head's
@@ -238,7 +242,7 @@ class GPRModel(nn.Module):
         out = []
         for j in range(self.cfg.mtp_heads):
             prefix, cond = self.ptd.prefix(h, ctx, ok, j)
-            items, sid = beam_search(self, prefix, trie, beam, counts)
+            items, sid = beam_search(self, prefix, trie, beam, counts, h, guide)
             if keys is None:
                 out.append((items, sid, torch.zeros_like(sid)))
                 continue
@@ -285,17 +289,26 @@ class GPRModel(nn.Module):
 
 
 def beam_search(
-    model: GPRModel, prefix: torch.Tensor, trie: Trie, beam: int, counts: list[torch.Tensor] | None
+    model: GPRModel,
+    prefix: torch.Tensor,
+    trie: Trie,
+    beam: int,
+    counts: Any,
+    h: torch.Tensor | None = None,
+    guide: ValueGuide | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batched beam search over the trie levels -> leaf items (P, beam) and log-probs.
 
     In eval mode the decoder runs incrementally: the prefix once per request, then one token per
-    beam and level over cached keys and values (`ptd.start_decode` / `step_decode`)."""
+    beam and level over cached keys and values (`ptd.start_decode` / `step_decode`). With a
+    `guide` (and the intent `h`), the semantic levels keep the beam by log p plus HTE's prefix
+    value (`value_step`); the returned log p is the path's own."""
     p, dev = prefix.shape[0], prefix.device
     nodes = torch.zeros(p, 1, dtype=torch.long, device=dev)
     logp = torch.zeros(p, 1, device=dev)
     codes = torch.zeros(p, 1, 0, dtype=torch.long, device=dev)
     cache = None
+    emb = prefix.new_zeros(p, 1, prefix.shape[-1])  # cumulative prefix embedding (guide)
     for lv in range(trie.depth):
         w = nodes.shape[1]
         if model.training:  # dropout on: the teacher-forced pass, as in training
@@ -312,9 +325,11 @@ def beam_search(
         lp = masked_log_softmax(lg, legal).reshape(p, w, -1)
         total = (logp.unsqueeze(-1) + lp).reshape(p, -1)
         total = total.masked_fill(total.isnan(), -torch.inf)
-        k = min(beam, total.shape[1])
-        logp, idx = total.topk(k, dim=1)
         size = lp.shape[-1]
+        if guide is not None and h is not None and lv < len(model.embed.codes):
+            logp, idx, emb = value_step(model, h, emb, total, size, lv, beam, guide)
+        else:
+            logp, idx = total.topk(min(beam, total.shape[1]), dim=1)
         src, code = idx // size, idx % size
         parent = nodes.gather(1, src)
         nxt = trie.child[lv][parent.clamp(min=0), code]
@@ -327,6 +342,36 @@ def beam_search(
             cache.reorder(src)
     items = torch.where(nodes >= 0, trie.leaf_item[nodes.clamp(min=0)], -1)
     return items, torch.where(nodes >= 0, logp, -torch.inf)
+
+
+def value_step(
+    model: GPRModel,
+    h: torch.Tensor,
+    emb: torch.Tensor,
+    total: torch.Tensor,
+    size: int,
+    level: int,
+    beam: int,
+    guide: ValueGuide,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One level of the value-guided beam: among the 2 x beam best candidates by log p (P, W·size
+    in `total`), keep the `beam` best by log p + weight · log v(prefix), dropping those whose
+    value is below `prune` x the request's best. Returns their log p, flat index and cumulative
+    prefix embeddings (P, beam, d)."""
+    assert model.hte is not None, "the value-guided beam needs HTE"
+    lp2, idx2 = total.topk(min(2 * beam, total.shape[1]), dim=1)
+    src2, code2 = idx2 // size, idx2 % size
+    d = emb.shape[-1]
+    code_emb = model.embed.codes[level](code2.clamp(0, model.level_sizes[0] - 1))
+    emb2 = emb.gather(1, src2.unsqueeze(-1).expand(-1, -1, d)) + code_emb
+    logv = F.logsigmoid(model.hte.prefix_value(h, emb2, level))
+    score = torch.where(torch.isfinite(lp2), lp2 + guide.weight * logv, -torch.inf)
+    if guide.prune > 0:
+        best = torch.where(torch.isfinite(lp2), logv, -torch.inf).max(1, keepdim=True).values
+        score = score.masked_fill(logv < best + math.log(guide.prune), -torch.inf)
+    keep, sel = score.topk(min(beam, score.shape[1]), dim=1)
+    logp = torch.where(torch.isfinite(keep), lp2.gather(1, sel), -torch.inf)
+    return logp, idx2.gather(1, sel), emb2.gather(1, sel.unsqueeze(-1).expand(-1, -1, d))
 
 
 def rank_candidates(

@@ -85,6 +85,12 @@ class HTE(nn.Module):
             cvr = cvr + self.side_cvr(side).squeeze(-1)
         return {"value": value, "ctr": ctr, "cvr": cvr}
 
+    def prefix_value(self, h: torch.Tensor, prefixes: torch.Tensor, level: int) -> torch.Tensor:
+        """h (P, d), prefixes (P, K, d) of K candidate z_1..z_level -> value logits (P, K)."""
+        x = prefixes + self.level.weight[level]
+        hx = h.detach().unsqueeze(1).expand_as(x)
+        return self.value(torch.cat([hx, x], dim=-1)).squeeze(-1)
+
     def critic_values(self, h: torch.Tensor, prefixes: torch.Tensor) -> torch.Tensor:
         """h (N, d), prefixes (N, L, d) -> (N, L + 1): V before each decision (empty first)."""
         n, n_lv, d = prefixes.shape

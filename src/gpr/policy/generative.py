@@ -44,10 +44,19 @@ class GenerativePolicy:
                 file=run_dir,
                 field="serve.score.log_hte_value",
             )
+        self.guide = serve.guide
+        if self.guide is not None and not (
+            isinstance(self.model, GPRModel) and self.model.hte is not None
+        ):
+            raise GprInputError(
+                "the value-guided beam needs a run with HTE", file=run_dir, field="serve.guide"
+            )
         terms = {k: w for k, w in self.score.model_dump().items() if w}
         suffix = (
             "" if terms == {"logp": 1.0} else "+" + "+".join(f"{k}{w:g}" for k, w in terms.items())
         )
+        if self.guide is not None:
+            suffix += f"+guide{self.guide.weight:g}/{self.guide.prune:g}"
         self.name = f"{info['model']}:{Path(run_dir).name}{suffix}"
         self.beam = beam or serve.beam or int(info["config"]["train"]["beam"])
         self.topics = (
@@ -58,7 +67,12 @@ class GenerativePolicy:
     def rank(self, batch: RequestBatch) -> Ranked:
         prep, max_len = self.prep, self.model.cfg.max_len
         b = prep.at_batch(batch, max_len, getattr(self.model.cfg, "thought_tokens", 0))
-        items, logp = self.model.generate(b, prep.trie, self.beam, prep.trie_eligible(batch))
+        elig = prep.trie_eligible(batch)
+        if self.guide is not None:
+            assert isinstance(self.model, GPRModel)
+            items, logp = self.model.generate(b, prep.trie, self.beam, elig, guide=self.guide)
+        else:
+            items, logp = self.model.generate(b, prep.trie, self.beam, elig)
         items, scores = self._ranked(b, items, logp, batch)
         m = min(batch.m, items.shape[1])
         ads = items[:, :m].numpy()

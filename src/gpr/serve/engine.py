@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gpr.core.config import GprConfig, ServeScore
+from gpr.core.config import GprConfig, ServeScore, ValueGuide, serve_config
 from gpr.core.errors import GprInputError
 from gpr.core.run import Run
 from gpr.data.schema import ITEMS, read_table
@@ -131,9 +131,14 @@ class Engine:
         catalogue: LiveCatalogue,
         beam: int,
         score: ServeScore,
+        guide: ValueGuide | None = None,
     ) -> None:
         self.run, self.model, self.cat, self.catalogue = run, model.eval(), cat, catalogue
-        self.beam, self.score = beam, score
+        self.beam, self.score, self.guide = beam, score, guide
+        if guide is not None and model.hte is None:
+            raise GprInputError(
+                "the value-guided beam needs a run with HTE", file=run.path, field="serve.guide"
+            )
         self.limits = {**LIMITS, "max_item_id": len(cat.sids.codes) - 1}
         self._lock = threading.Lock()  # one decode at a time (torch uses the cores itself)
         if score.log_hte_value and (model.hte is None or model.cfg.hte_side):
@@ -150,9 +155,11 @@ class Engine:
         ads: str | Path | None = None,
         beam: int | None = None,
         day: int | None = None,
+        overrides: list[str] | None = None,
     ) -> Engine:
         """Load RUN (no training data); `ads`: an items.parquet whose ads replace the run's own;
-        `day`: the catalogue's day (default: the run's world's last day, its test day)."""
+        `day`: the catalogue's day (default: the run's world's last day, its test day);
+        `overrides`: `serve.field=value` items over the run's serve section."""
         r = Run.load(run)
         model, cat = load_model(r)
         if not isinstance(model, GPRModel):
@@ -169,7 +176,9 @@ class Engine:
         cfg = GprConfig.model_validate(r.info["config"])
         day = cfg.world.n_days - 1 if day is None else day
         live = LiveCatalogue.from_run(r, Ads.from_items(table), day=day)
-        return cls(r, model, cat, live, beam or cfg.serve.beam or cfg.train.beam, cfg.serve.score)
+        serve = serve_config(r.info["config"], overrides)
+        beam = beam or serve.beam or cfg.train.beam
+        return cls(r, model, cat, live, beam, serve.score, serve.guide)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -179,6 +188,7 @@ class Engine:
             "stage": self.run.info.get("stage", "mtp"),
             "levels": self.cat.sids.levels,
             "beam": self.beam,
+            "guide": None if self.guide is None else self.guide.model_dump(),
             "catalogue_ads": len(self.catalogue),
             "catalogue_version": self.catalogue.version,
             "day": self.catalogue.day,
@@ -265,7 +275,7 @@ class Engine:
         with self._lock:
             counts = live.eligibility(seg)
             mask = live.mask_segments(seg) if self.model.item_head is not None else None
-            items, logp = self.model.generate(b, live, self.beam, mask, counts)  # type: ignore[arg-type]
+            items, logp = self.model.generate(b, live, self.beam, mask, counts, self.guide)  # type: ignore[arg-type]
             t2 = time.perf_counter()
             bid = live.bids(items)
             pctr = pcvr = None
