@@ -375,6 +375,54 @@ def simulate_cmd(
     _print_json({k: v for k, v in res.items() if k != "segments"})
 
 
+@app.command("serve")
+def serve_cmd(
+    run: Annotated[Path, typer.Option("--run", help="run directory (nothing else is read)")],
+    host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535)] = 8080,
+    ads: Annotated[
+        Path | None,
+        typer.Option("--ads", help="an items.parquet whose ads replace the run's own"),
+    ] = None,
+    beam: Annotated[int | None, typer.Option("--beam", min=1)] = None,
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", min=1, max=4096, help="requests per engine call")
+    ] = 32,
+    max_wait_ms: Annotated[
+        float,
+        typer.Option("--max-wait-ms", min=0, max=10_000, help="wait for a batch to fill"),
+    ] = 2.0,
+    threads: ThreadsOpt = 1,
+    day: Annotated[
+        int | None, typer.Option("--day", min=0, help="catalogue day (default: the test day)")
+    ] = None,
+    sets: Annotated[
+        list[str] | None,
+        typer.Option("--set", help="serving override of the run: serve.field=value"),
+    ] = None,
+) -> None:
+    """Serve a run over HTTP until SIGTERM / Ctrl-C: POST /v1/recommend, POST /v1/ads,
+    GET /v1/ads/{id}, /healthz, /readyz, /metrics, /docs. Logs are JSON lines on stderr."""
+    from gpr.core.runtime import set_threads
+    from gpr.serve.app import Settings, create_app, listen, run_server, setup_logging
+    from gpr.serve.engine import Engine
+
+    if not (run / "run.json").is_file():
+        raise GprInputError("not a trained run (no run.json)", file=run, field="run")
+    if ads is not None and not ads.is_file():
+        raise GprInputError("no such file", file=ads, field="ads")
+    sock = listen(host, port)  # before the model loads: a taken port fails at once
+    try:
+        set_threads(threads or None)
+        setup_logging()
+        engine = Engine.from_run(run, ads=ads, beam=beam, day=day, overrides=sets)
+        settings = Settings(max_batch=max_batch, max_wait_ms=max_wait_ms)
+        if not run_server(create_app(engine, settings), sock, settings):
+            raise RuntimeError("the server did not start (see the log above)")
+    finally:
+        sock.close()
+
+
 @run_app.command("convert")
 def run_convert(
     run: Annotated[Path, typer.Option("--run", help="a run of the earlier layout")],

@@ -153,6 +153,7 @@ def test_real_beam_search_serves_only_eligible_ads() -> None:
 
     class FakeModel:
         ptd = FakePTD()
+        training = True  # the teacher-forced decoder path (no key/value cache to fake)
 
         def code_inputs(self, codes: torch.Tensor) -> torch.Tensor:
             return codes
