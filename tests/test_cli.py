@@ -199,3 +199,9 @@ def test_corrupt_datasets_exit_2(
         _one_line(p, 2, needle)
     assert _snapshot(data) == before and not (tmp_path / "s").exists()
     assert not (tmp_path / "t").exists()
+
+
+@pytest.mark.parametrize("out", ["/proc/gpr-nope/sim.json", "/sys/sim.json"])
+def test_an_unwritable_out_fails_before_the_work(out: str, tiny_world: Path) -> None:
+    p = run_cli("simulate", "--policy", "logging", "--data", str(tiny_world), "--out", out)
+    _one_line(p, 2, "cannot write here")

@@ -63,8 +63,12 @@ def check_out(
     parent = out.parent
     while not parent.exists():
         parent = parent.parent
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise GprInputError("cannot write here", file=parent, field="out")
+    try:  # a real probe: permission bits say nothing to root, nor on /proc or read-only mounts
+        fd, probe = tempfile.mkstemp(prefix=".gpr-write-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise GprInputError(f"cannot write here ({e.strerror})", file=parent, field="out") from None
 
 
 @contextlib.contextmanager
