@@ -97,3 +97,25 @@ def test_rollout_invariants(loaded: tuple[GPRModel, Prepared], sim: Simulator) -
             p.add_(0.3 * torch.randn(p.shape, generator=g))
     kl = level_kl(lps, level_dists(other, b, trie, counts, roll)[0])
     assert (kl >= -1e-6).all() and kl.sum() > 1e-2
+
+
+def test_cached_sampling_draws_what_the_full_decoder_draws(
+    loaded: tuple[GPRModel, Prepared], sim: Simulator
+) -> None:
+    """Eval-mode sampling (keys/values cached) = the teacher-forced pass with dropout off."""
+    model, prep = loaded
+    logs = sim.logs
+    pos = positions_for_split(prep.journeys, prep.pred_mask, "train")[::31][:10]
+    req = servable(RequestBatch.of(prep.journeys.request[pos], logs.journeys, logs.ads, logs.users))
+    b = prep.at_batch(req, model.cfg.max_len, model.cfg.thought_tokens)
+    counts = prep.trie.eligible_counts(prep.trie_eligible(req))
+    ref = copy.deepcopy(model)
+    for m in ref.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        if isinstance(getattr(m, "dropout", None), float):
+            m.dropout = 0.0
+    ref.train()
+    a = sample(model, b, prep.trie, counts, 6, gen=torch.Generator().manual_seed(5))
+    r = sample(ref, b, prep.trie, counts, 6, gen=torch.Generator().manual_seed(5))
+    assert torch.equal(a.codes, r.codes) and torch.equal(a.item, r.item)

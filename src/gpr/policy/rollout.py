@@ -18,7 +18,7 @@ import torch
 from gpr.market.policy import RequestBatch
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import Batch
-from gpr.model.ptd import masked_log_softmax
+from gpr.model.ptd import masked_log_softmax, start_decode, step_decode
 from gpr.model.trie import Trie
 
 
@@ -62,12 +62,21 @@ def sample(
         if kj == 0:
             continue
         prefix, _ = model.ptd.prefix(h, ctx, ok, j)
-        rows = torch.arange(h.shape[0], device=h.device).repeat_interleave(kj)
-        pre = prefix.repeat_interleave(kj, dim=0)
+        p = h.shape[0]
+        rows = torch.arange(p, device=h.device).repeat_interleave(kj)
         node = torch.zeros(len(rows), dtype=torch.long, device=h.device)
         c = torch.zeros(len(rows), 0, dtype=torch.long, device=h.device)
+        if not model.training:  # the prefix once per request, then one token per sample
+            first, cache = start_decode(model.ptd, prefix)
+            cache.reorder(torch.zeros(p, kj, dtype=torch.long, device=h.device))
         for lv in range(trie.depth):
-            lg = model.ptd.logits(pre, model.code_inputs(c))[lv]
+            if model.training:
+                lg = model.ptd.logits(prefix[rows], model.code_inputs(c))[lv]
+            elif lv == 0:
+                lg = first[rows]
+            else:
+                z = model.embed.codes[lv - 1](c[:, -1]).reshape(p, kj, -1)
+                lg = step_decode(model.ptd, cache, z, lv).reshape(p * kj, -1)
             lp = masked_log_softmax(lg / temperature, trie.legal(lv, node, counts, rows))
             pick = torch.multinomial(lp.exp().nan_to_num(0.0), 1, generator=gen).squeeze(1)
             node = trie.child[lv][node, pick]
