@@ -18,7 +18,6 @@ import statistics
 import subprocess
 import time
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from gpr.core.io import atomic_write_text
