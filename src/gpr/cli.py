@@ -200,7 +200,11 @@ def tokenize_cmd(
 
 @app.command("train")
 def train_cmd(
-    out: Annotated[Path, typer.Option("--out", help="run directory")],
+    out: Annotated[Path | None, typer.Option("--out", help="run directory")] = None,
+    resume: Annotated[
+        Path | None,
+        typer.Option("--resume", help="continue the interrupted MTP training whose --out was RUN"),
+    ] = None,
     data: Annotated[Path | None, typer.Option("--data", help="dataset directory")] = None,
     model: Annotated[str, typer.Option("--model", help="gpr | hstu | cascade")] = "gpr",
     sids: Annotated[Path | None, typer.Option("--sids", help="tokenizer output (TOK)")] = None,
@@ -222,8 +226,20 @@ def train_cmd(
 ) -> None:
     """Train a model; periodic validation, early stopping, safetensors checkpoints, loss plot.
 
-    Stages after MTP start from --init RUN and score ads with --simulator CASCADE_RUN.
+    Stages after MTP start from --init RUN and score ads with --simulator CASCADE_RUN. MTP
+    checkpoints to RUN.ckpt every train.checkpoint_every steps; --resume RUN continues it.
     """
+    if resume is not None:
+        given = [data, sids, init, simulator, reference, preset, seed, config, sets, out]
+        if any(v is not None for v in given) or stage != "mtp" or model != "gpr" or arr:
+            raise GprInputError(
+                "--resume RUN takes no other option (the checkpoint holds the command)",
+                field="resume",
+            )
+        _print_json(_resume(resume))
+        return
+    if out is None:
+        raise GprInputError("--out RUN is required", field="out")
     cfg = _config(preset, config, sets, seed)
     _check_out(out, [data, sids, init, simulator, reference], overwrite)
     if stage != "mtp":
@@ -253,6 +269,16 @@ def train_cmd(
         raise GprInputError("--sids TOK is required for generative models", field="sids")
     summary = train(data, sids, cfg, out, model)
     _print_json({k: summary[k] for k in ("model", "best", "epochs_run", "seconds", "parameters")})
+
+
+def _resume(run: Path) -> dict[str, Any]:
+    from gpr.train.checkpoint import read_command
+    from gpr.train.mtp import train
+
+    cmd = read_command(run)
+    cfg = GprConfig.model_validate(cmd["config"])
+    summary = train(cmd["data"], cmd["sids"], cfg, run, cmd["model"], resume=True)
+    return {k: summary[k] for k in ("model", "best", "epochs_run", "seconds", "parameters")}
 
 
 STAGE_KEYS = ("stage", "best", "seconds", "first_reward", "last_reward", "epochs_run")

@@ -32,6 +32,7 @@ from gpr.model.journey import (
 from gpr.model.prepare import Catalogue, Prepared, eval_positions, prepare, with_journeys
 from gpr.model.registry import build_model, load_weights, model_config_for
 from gpr.model.retrieve import evaluate
+from gpr.train.checkpoint import Progress, load_checkpoint, remove_checkpoint, save_checkpoint
 
 
 def train(
@@ -44,11 +45,14 @@ def train(
     init: str | Path | None = None,
     token_weight: Callable[[Prepared], np.ndarray] | None = None,
     meta: dict[str, Any] | None = None,
+    resume: bool = False,
 ) -> dict[str, Any]:
     """Train with early stopping on the validation split; writes RUN atomically.
 
     init: a run to start from (its model and model config; VAFT). token_weight: builds a (T,)
     weight per journey token; each target's loss is weighted by its token's (VAFT's ω^V).
+    MTP from scratch (no init, no token weight) checkpoints every `train.checkpoint_every` steps
+    to RUN.ckpt; `resume` continues from there (`train.checkpoint`).
     """
     t0 = time.perf_counter()
     tc = cfg.train
@@ -82,15 +86,29 @@ def train(
         opt, lambda s: _lr_factor(s, tc.warmup_steps, total_steps)
     )
     monitor = "hitrate@100" if prep.engaged_only else "ndcg@10"
-    best: dict[str, Any] = {monitor: -1.0}
-    bad_epochs, log, stopped_by = 0, [], "epochs"
+    checkpoints = init is None and token_weight is None and tc.checkpoint_every > 0
+    command = {
+        "stage": "mtp",
+        "data": str(Path(data_dir).resolve()),
+        "sids": str(Path(sids_dir).resolve()) if sids_dir is not None else None,
+        "model": model_name,
+        "config": cfg.model_dump(mode="json"),
+    }
+    stopped_by = "epochs"
     with atomic_dir(out) as tmp:
-        for epoch in range(tc.epochs):
+        at = Progress(best={monitor: -1.0})
+        if resume:
+            at = load_checkpoint(out, model, opt, sched, rng, tmp / "model.safetensors")
+            with open(tmp / "metrics.jsonl", "a") as f:
+                f.writelines(json.dumps(r) + "\n" for r in at.log)
+        for epoch in range(at.epoch, tc.epochs):
             model.train()
-            order = rng.permutation(len(windows))
-            losses = []
+            if at.order is None or epoch != at.epoch:  # a fresh epoch (else: resumed inside it)
+                at.order, at.step, at.losses = rng.permutation(len(windows)), 0, []
+            at.epoch, order, losses = epoch, at.order, at.losses
             quiet = not (progress and sys.stderr.isatty())
-            bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", disable=quiet, leave=False)
+            steps = range(at.step, steps_per_epoch)
+            bar = tqdm(steps, desc=f"epoch {epoch}", disable=quiet, leave=False)
             for s in bar:
                 batch = [windows[i] for i in order[s * tc.batch_size : (s + 1) * tc.batch_size]]
                 b = prep.batch(batch, (SPLIT_CODE["train"],), mcfg.max_len, mcfg.thought_tokens)
@@ -106,6 +124,10 @@ def train(
                 sched.step()
                 losses.append({k: float(v.detach()) for k, v in parts.items()})
                 bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
+                at.step = s + 1
+                if checkpoints and sched.last_epoch % tc.checkpoint_every == 0:
+                    best_file = tmp / "model.safetensors"
+                    save_checkpoint(out, command, model, opt, sched, rng, at, best_file)
             row: dict[str, Any] = {
                 "epoch": epoch,
                 **{k: float(np.mean([x[k] for x in losses if k in x])) for k in losses[0]},
@@ -113,16 +135,16 @@ def train(
             out_of_time = tc.max_seconds is not None and time.perf_counter() - t0 > tc.max_seconds
             if (epoch + 1) % tc.eval_every == 0 or epoch == tc.epochs - 1 or out_of_time:
                 row["valid"] = evaluate(model, prep, valid_pos, tc.beam, tc.batch_size, dev)
-                if row["valid"][monitor] > best[monitor]:
-                    best = {**row["valid"], "epoch": epoch}
+                if row["valid"][monitor] > at.best[monitor]:
+                    at.best = {**row["valid"], "epoch": epoch}
                     save_file(
                         {k: v.contiguous().cpu() for k, v in model.state_dict().items()},
                         str(tmp / "model.safetensors"),
                     )
-                    bad_epochs = 0
+                    at.bad_epochs = 0
                 else:
-                    bad_epochs += 1
-            log.append(row)
+                    at.bad_epochs += 1
+            at.log.append(row)
             with open(tmp / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
             if progress:
@@ -132,7 +154,7 @@ def train(
                     f"valid {monitor} {v.get(monitor, float('nan')):.4f}",
                     flush=True,
                 )
-            if bad_epochs >= tc.patience:
+            if at.bad_epochs >= tc.patience:
                 stopped_by = "patience"
                 break
             if out_of_time:
@@ -146,8 +168,8 @@ def train(
             "model_config": mcfg.model_dump(mode="json"),
             "level_sizes": prep.level_sizes,
             "monitor": monitor,
-            "best": best,
-            "epochs_run": len(log),
+            "best": at.best,
+            "epochs_run": len(at.log),
             "stopped_by": stopped_by,
             "train_windows": len(windows),
             "parameters": sum(p.numel() for p in model.parameters()),
@@ -156,10 +178,11 @@ def train(
             "stage": "mtp",
             **(meta or {}),
         }
-        plot_losses(log, tmp / "loss.png")
+        plot_losses(at.log, tmp / "loss.png")
         assert prep.catalogue is not None
         prep.catalogue.save(tmp)
         summary = seal(tmp, summary)
+    remove_checkpoint(out)
     return summary
 
 
