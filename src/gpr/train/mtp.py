@@ -4,11 +4,13 @@ gpr train --model gpr --data DIR --sids TOK --preset small --out RUN"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +35,7 @@ from gpr.model.prepare import Catalogue, Prepared, eval_positions, prepare, with
 from gpr.model.registry import build_model, load_weights, model_config_for
 from gpr.model.retrieve import evaluate
 from gpr.train.checkpoint import Progress, load_checkpoint, remove_checkpoint, save_checkpoint
+from gpr.train.distributed import World, data_parallel, finish
 
 
 def train(
@@ -70,6 +73,7 @@ def train(
         prep = prepare(data_dir, sids_dir, mcfg, cfg.tokenizer.codebook_size)
     tok_w = token_weight(prep) if token_weight is not None else None
     dev = torch_device(tc.device)
+    world = World.from_env(dev)
     j = prep.journeys
     train_pos = positions_for_split(j, prep.pred_mask, "train")
     windows = make_windows(j, mcfg.max_len, train_pos)
@@ -79,14 +83,17 @@ def train(
         load_weights(model, Path(init))
     model = model.to(dev)
     trie = prep.trie.to(dev)
+    step_loss = data_parallel(model, world)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps_per_epoch = math.ceil(len(windows) / tc.batch_size)
+    global_batch = tc.batch_size * world.size
+    steps_per_epoch = math.ceil(len(windows) / global_batch)
     total_steps = steps_per_epoch * tc.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: _lr_factor(s, tc.warmup_steps, total_steps)
     )
     monitor = "hitrate@100" if prep.engaged_only else "ndcg@10"
     checkpoints = init is None and token_weight is None and tc.checkpoint_every > 0
+    checkpoints &= world.size == 1  # exact resume is a single-process guarantee
     command = {
         "stage": "mtp",
         "data": str(Path(data_dir).resolve()),
@@ -95,7 +102,7 @@ def train(
         "config": cfg.model_dump(mode="json"),
     }
     stopped_by = "epochs"
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out) if world.main else scratch_dir() as tmp:
         at = Progress(best={monitor: -1.0})
         if resume:
             at = load_checkpoint(out, model, opt, sched, rng, tmp / "model.safetensors")
@@ -110,15 +117,20 @@ def train(
             steps = range(at.step, steps_per_epoch)
             bar = tqdm(steps, desc=f"epoch {epoch}", disable=quiet, leave=False)
             for s in bar:
-                batch = [windows[i] for i in order[s * tc.batch_size : (s + 1) * tc.batch_size]]
+                mine = world.share(order[s * global_batch : (s + 1) * global_batch])
+                batch = [windows[i] for i in mine]
                 b = prep.batch(batch, (SPLIT_CODE["train"],), mcfg.max_len, mcfg.thought_tokens)
                 w = None
                 if tok_w is not None:
                     rows = target_rows(j, b.position.numpy(), mcfg.mtp_heads)
                     w = torch.from_numpy(tok_w[np.maximum(rows, 0)]).float().to(dev)
-                parts = model.loss(b.to(dev), trie, w)
+                parts = step_loss(b.to(dev), trie, w)
+                loss = parts["loss"]
+                if world.size > 1:  # this process's share of the global mean
+                    n = int((b.target_codes[:, 0, 0] >= 0).sum())  # predictions with a target
+                    loss = loss * (world.size * n / max(world.total(n, dev), 1))
                 opt.zero_grad(set_to_none=True)
-                parts["loss"].backward()
+                loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
@@ -147,7 +159,7 @@ def train(
             at.log.append(row)
             with open(tmp / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
-            if progress:
+            if progress and world.main:
                 v = row.get("valid", {})
                 print(
                     f"epoch {epoch}: loss {row['loss']:.4f} "
@@ -175,6 +187,7 @@ def train(
             "parameters": sum(p.numel() for p in model.parameters()),
             "seconds": round(time.perf_counter() - t0, 1),
             "device": str(dev),
+            "processes": world.size,
             "stage": "mtp",
             **(meta or {}),
         }
@@ -182,8 +195,17 @@ def train(
         assert prep.catalogue is not None
         prep.catalogue.save(tmp)
         summary = seal(tmp, summary)
-    remove_checkpoint(out)
+    if world.main:
+        remove_checkpoint(out)
+    finish(world)
     return summary
+
+
+@contextlib.contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """Where a process other than rank 0 writes what it would write (then thrown away)."""
+    with tempfile.TemporaryDirectory(prefix="gpr-rank-") as d:
+        yield Path(d)
 
 
 def _lr_factor(step: int, warmup: int, total: int) -> float:
