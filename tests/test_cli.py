@@ -39,7 +39,7 @@ def test_no_arguments_prints_help(args: list[str]) -> None:
     ("args", "needle"),
     [
         (["bogus"], "No such command"),
-        (["train"], "Missing option '--out'"),
+        (["train"], "--out RUN is required"),
         (["eval", "--run", "x", "--limit", "abc"], "--limit"),
         (["eval", "--run", "x", "--limit", "0"], "--limit"),
         (["eval", "--run", "x", "--beam", "0"], "--beam"),
