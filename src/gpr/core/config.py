@@ -228,6 +228,8 @@ class TrainConfig(_Strict):
     # wall-clock budget: stop after the epoch that crosses it (the LR schedule still spans `epochs`)
     max_seconds: float | None = Field(None, gt=0)
     device: str = "auto"
+    # MTP: one optimiser step per N micro-batches of batch_size (gradient accumulation)
+    accumulate: int = Field(1, ge=1)
     # MTP: write RUN.ckpt every N optimiser steps for `gpr train --resume RUN` (0: never)
     checkpoint_every: int = Field(500, ge=0)
 

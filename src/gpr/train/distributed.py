@@ -14,6 +14,7 @@ Rank 0 alone writes the run and the checkpoints. Multi-node: torchrun's rendezvo
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,13 @@ def data_parallel(model: nn.Module, world: World) -> nn.Module:
     if world.size == 1:
         return step
     return nn.parallel.DistributedDataParallel(step, find_unused_parameters=True)
+
+
+def no_sync(step: nn.Module) -> contextlib.AbstractContextManager[Any]:
+    """Skip DDP's gradient all-reduce (all but the last micro-batch of an accumulated step)."""
+    if isinstance(step, nn.parallel.DistributedDataParallel):
+        return step.no_sync()
+    return contextlib.nullcontext()
 
 
 def finish(world: World) -> None:

@@ -35,7 +35,7 @@ from gpr.model.prepare import Catalogue, Prepared, eval_positions, prepare, with
 from gpr.model.registry import build_model, load_weights, model_config_for
 from gpr.model.retrieve import evaluate
 from gpr.train.checkpoint import Progress, load_checkpoint, remove_checkpoint, save_checkpoint
-from gpr.train.distributed import World, data_parallel, finish
+from gpr.train.distributed import World, data_parallel, finish, no_sync
 
 
 def train(
@@ -85,7 +85,7 @@ def train(
     trie = prep.trie.to(dev)
     step_loss = data_parallel(model, world)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    global_batch = tc.batch_size * world.size
+    global_batch = tc.batch_size * world.size * tc.accumulate
     steps_per_epoch = math.ceil(len(windows) / global_batch)
     total_steps = steps_per_epoch * tc.epochs
     sched = torch.optim.lr_scheduler.LambdaLR(
@@ -118,23 +118,39 @@ def train(
             bar = tqdm(steps, desc=f"epoch {epoch}", disable=quiet, leave=False)
             for s in bar:
                 mine = world.share(order[s * global_batch : (s + 1) * global_batch])
-                batch = [windows[i] for i in mine]
-                b = prep.batch(batch, (SPLIT_CODE["train"],), mcfg.max_len, mcfg.thought_tokens)
-                w = None
-                if tok_w is not None:
-                    rows = target_rows(j, b.position.numpy(), mcfg.mtp_heads)
-                    w = torch.from_numpy(tok_w[np.maximum(rows, 0)]).float().to(dev)
-                parts = step_loss(b.to(dev), trie, w)
-                loss = parts["loss"]
-                if world.size > 1:  # this process's share of the global mean
-                    n = int((b.target_codes[:, 0, 0] >= 0).sum())  # predictions with a target
-                    loss = loss * (world.size * n / max(world.total(n, dev), 1))
+                micro = np.array_split(mine, tc.accumulate) if tc.accumulate > 1 else [mine]
+                bs = [
+                    prep.batch(
+                        [windows[i] for i in part],
+                        (SPLIT_CODE["train"],),
+                        mcfg.max_len,
+                        mcfg.thought_tokens,
+                    )
+                    for part in micro
+                ]
+                # each micro-batch's share of the global batch's predictions with a target
+                ns = [int((b.target_codes[:, 0, 0] >= 0).sum()) for b in bs]
+                scaled = world.size > 1 or tc.accumulate > 1
+                total = world.total(sum(ns), dev) if scaled else 1
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                logged = []
+                for m, (b, n) in enumerate(zip(bs, ns, strict=True)):
+                    w = None
+                    if tok_w is not None:
+                        rows = target_rows(j, b.position.numpy(), mcfg.mtp_heads)
+                        w = torch.from_numpy(tok_w[np.maximum(rows, 0)]).float().to(dev)
+                    last = m == len(bs) - 1
+                    with contextlib.nullcontext() if last else no_sync(step_loss):
+                        parts = step_loss(b.to(dev), trie, w)
+                        loss = parts["loss"]
+                        if scaled:
+                            loss = loss * (world.size * n / max(total, 1))
+                        loss.backward()
+                    logged.append({k: float(v.detach()) for k, v in parts.items()})
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
                 sched.step()
-                losses.append({k: float(v.detach()) for k, v in parts.items()})
+                losses.append(logged[0] if len(logged) == 1 else weighted(logged, ns))
                 bar.set_postfix(loss=f"{losses[-1]['loss']:.3f}")
                 at.step = s + 1
                 if checkpoints and sched.last_epoch % tc.checkpoint_every == 0:
@@ -199,6 +215,14 @@ def train(
         remove_checkpoint(out)
     finish(world)
     return summary
+
+
+def weighted(rows: list[dict[str, float]], n: list[int]) -> dict[str, float]:
+    """The mean of micro-batch loss rows, each weighted by its predictions."""
+    total = max(sum(n), 1)
+    return {
+        k: sum(r.get(k, 0.0) * c for r, c in zip(rows, n, strict=True)) / total for k in rows[0]
+    }
 
 
 @contextlib.contextmanager
