@@ -207,16 +207,18 @@ class GPRModel(nn.Module):
         eligible: torch.Tensor | None = None,
         counts: Any = None,
         guide: ValueGuide | None = None,
+        encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Trie-constrained beam search for every MTP head; union ranked by log-probability
         (with the item head: log p_SID + item_head.alpha · log p_head).
 
         eligible: (P, A) bool over `trie.items` (None = every item); `counts`: what `trie.legal`
         reads instead of the counts made from `eligible` (a live catalogue's `Eligibility`);
-        `guide`: the value-guided beam (None: fixed width).
+        `guide`: the value-guided beam (None: fixed width); `encoded`: `encode(b)` when the
+        caller has it already.
         Returns item ids (P, N) (-1 padded, unique per row, best first) and their scores.
         """
-        parts = self.candidates(b, trie, beam, eligible, counts, guide)
+        parts = self.candidates(b, trie, beam, eligible, counts, guide, encoded)
         alpha = self.cfg.item_head.alpha if self.cfg.item_head is not None else 0.0
         return rank_candidates(parts, alpha, beam)
 
@@ -229,12 +231,13 @@ class GPRModel(nn.Module):
         eligible: torch.Tensor | None = None,
         counts: Any = None,
         guide: ValueGuide | None = None,
+        encoded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     ) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """Per MTP head: candidate items (P, C) (-1 padded), their SID log p and their item-head
         log p (zeros without the head). The candidates are the head's beam, plus the item head's
         top `item_head.widen` items, which get their exact SID log p (`path_logp`) so every
         candidate is scored the same way."""
-        h, ctx, ok = self.encode(b)
+        h, ctx, ok = self.encode(b) if encoded is None else encoded
         if counts is None and eligible is not None:
             counts = trie.eligible_counts(eligible)
         keys = self.item_head.keys(self.embed, trie) if self.item_head is not None else None
@@ -274,13 +277,19 @@ class GPRModel(nn.Module):
 
     @torch.no_grad()
     def hte_probs(
-        self, b: Batch, codes: torch.Tensor, side: torch.Tensor | None = None
+        self,
+        b: Batch,
+        codes: torch.Tensor,
+        side: torch.Tensor | None = None,
+        h: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """HTE's pCTR and pCVR of candidate paths `codes` (P, N, L) for each prediction of b;
-        `side` (P, N, S): their side features, for an HTE that takes them."""
+        `side` (P, N, S): their side features, for an HTE that takes them; `h`: the intent
+        when the caller has encoded b already."""
         if self.hte is None:
             raise ValueError("this model has no HTE (model.hte = false)")
-        h, _, _ = self.encode(b)
+        if h is None:
+            h, _, _ = self.encode(b)
         p, n, n_lv = codes.shape
         pre = self.embed.prefix(codes.clamp(min=0)).reshape(p * n, n_lv, -1)
         flat = side.reshape(p * n, -1) if side is not None else None

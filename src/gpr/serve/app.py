@@ -557,6 +557,9 @@ def listen(host: str, port: int) -> socket.socket:
         family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it; without it each keep-alive response waits ~40 ms for
+        # the client's delayed ACK (asyncio sets it only on sockets it created as TCP itself)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError as e:
         raise GprInputError(f"cannot listen on {host}:{port}: {e}", field="port") from e

@@ -275,13 +275,14 @@ class Engine:
         with self._lock:
             counts = live.eligibility(seg)
             mask = live.mask_segments(seg) if self.model.item_head is not None else None
-            items, logp = self.model.generate(b, live, self.beam, mask, counts, self.guide)  # type: ignore[arg-type]
+            enc = self.model.encode(b)
+            items, logp = self.model.generate(b, live, self.beam, mask, counts, self.guide, enc)  # type: ignore[arg-type]
             t2 = time.perf_counter()
             bid = live.bids(items)
             pctr = pcvr = None
             if self.model.hte is not None and not self.model.cfg.hte_side:
                 paths = live.paths[live.column(items).clamp(min=0)][..., : self.cat.sids.levels]
-                pctr, pcvr = self.model.hte_probs(b, paths)
+                pctr, pcvr = self.model.hte_probs(b, paths, h=enc[0])
             value = bid * pctr * pcvr if pctr is not None and pcvr is not None else None
             score = serving_score(self.score, items, logp, bid, value)
             order = score.argsort(dim=1, descending=True, stable=True)
