@@ -47,10 +47,11 @@ def main() -> None:
     ap.add_argument("--beam", type=int, default=20)
     ap.add_argument("--weights", type=float, nargs="+", default=[0.5, 1.0, 2.0])
     ap.add_argument("--prunes", type=float, nargs="+", default=[0.0])
+    ap.add_argument("--score", nargs="*", default=[], help="serve.score.* items for both arms")
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     set_threads(1)
-    beam = [f"serve.beam={args.beam}"]
+    beam = [f"serve.beam={args.beam}", *args.score]
     lines = ["| setting | valid RPM | valid CTCVR | seconds |", "|---|---|---|---|"]
     fixed = replay(args.runs[0], args.data, "valid", beam)
     lines.append(f"| fixed | {fixed['rpm']:.2f} | {fixed['ctcvr']:.5f} | {fixed['seconds']:.0f} |")
@@ -89,12 +90,15 @@ def main() -> None:
         f"Command: `python experiments/value_guided_beam/run.py --data {args.data} --runs "
         f"{' '.join(args.runs)} --beam {args.beam} --weights "
         f"{' '.join(f'{w:g}' for w in args.weights)} --prunes "
-        f"{' '.join(f'{p:g}' for p in args.prunes)} --out {args.out}`",
+        f"{' '.join(f'{p:g}' for p in args.prunes)}"
+        + (f" --score {' '.join(args.score)}" if args.score else "")
+        + f" --out {args.out}`",
         f"Machine: {platform.machine()}, {platform.processor() or 'cpu'}, one torch thread; "
         f"commit {commit}; {datetime.now(UTC):%Y-%m-%d}.",
         "",
         f"Equal candidate budget: beam {args.beam} per MTP head in both; the guided beam ranks the"
-        f" {2 * args.beam} best by log p at each semantic level by log p + w · log v(prefix).",
+        f" {2 * args.beam} best by log p at each semantic level by log p + w · log v(prefix)."
+        f" Serving score of both arms: {', '.join(args.score) or 'log p (the default)'}.",
         "",
         f"## Valid day, first run ({args.runs[0]}): the setting is chosen here",
         "",

@@ -68,32 +68,43 @@ class GenerativePolicy:
         prep, max_len = self.prep, self.model.cfg.max_len
         b = prep.at_batch(batch, max_len, getattr(self.model.cfg, "thought_tokens", 0))
         elig = prep.trie_eligible(batch)
-        if self.guide is not None:
-            assert isinstance(self.model, GPRModel)
-            items, logp = self.model.generate(b, prep.trie, self.beam, elig, guide=self.guide)
+        h = None
+        if isinstance(self.model, GPRModel):
+            enc = self.model.encode(b)  # once: the beam and HTE's value both read it
+            h = enc[0]
+            items, logp = self.model.generate(
+                b, prep.trie, self.beam, elig, guide=self.guide, encoded=enc
+            )
         else:
             items, logp = self.model.generate(b, prep.trie, self.beam, elig)
-        items, scores = self._ranked(b, items, logp, batch)
+        items, scores = self._ranked(b, items, logp, batch, h)
         m = min(batch.m, items.shape[1])
         ads = items[:, :m].numpy()
         values = np.where(ads >= 0, scores[:, :m].numpy(), np.nan)
         return Ranked(ads, values)
 
-    def _hte_value(self, b: Batch, items: torch.Tensor, batch: RequestBatch) -> torch.Tensor:
+    def _hte_value(
+        self, b: Batch, items: torch.Tensor, batch: RequestBatch, h: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """bid x HTE pCTR x HTE pCVR (expected revenue) of each candidate, 0 for -1."""
         assert isinstance(self.model, GPRModel)
         codes = torch.from_numpy(self.prep.sids.codes[items.clamp(min=0).numpy()])
         side = None
         if self.model.cfg.hte_side:
             side = hte_side_features(b, items, batch.ads, batch.days, self.topics)
-        ctr, cvr = self.model.hte_probs(b, codes, side)
+        ctr, cvr = self.model.hte_probs(b, codes, side, h)
         return torch.where(items >= 0, ad_bids(items, batch.ads) * ctr * cvr, 0.0)
 
     def _ranked(
-        self, b: Batch, items: torch.Tensor, logp: torch.Tensor, batch: RequestBatch
+        self,
+        b: Batch,
+        items: torch.Tensor,
+        logp: torch.Tensor,
+        batch: RequestBatch,
+        h: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Candidates in order of the serving score (-1 items last), with their scores."""
-        value = self._hte_value(b, items, batch) if self.score.log_hte_value else None
+        value = self._hte_value(b, items, batch, h) if self.score.log_hte_value else None
         total = serving_score(self.score, items, logp, ad_bids(items, batch.ads), value)
         order = total.argsort(dim=1, descending=True, stable=True)
         return items.gather(1, order), total.gather(1, order)
