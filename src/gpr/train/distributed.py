@@ -9,7 +9,7 @@ an N times larger batch. Each process's loss is scaled by its share of the globa
 predictions, which makes the averaged gradient the gradient of the global mean for losses that
 are means over predictions (exact for HSTU; GPR's other terms are weighted by the same share).
 Rank 0 alone writes the run and the checkpoints. Multi-node: torchrun's rendezvous flags
-(`--nnodes`, `--node_rank`, `--rdzv_endpoint`), see docs/scale.md.
+(`--nnodes`, `--node_rank`, `--rdzv_endpoint`), see docs/scaling.md.
 """
 
 from __future__ import annotations
