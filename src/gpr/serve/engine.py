@@ -262,7 +262,7 @@ class Engine:
         """Ranked ads for each request (up to its k), with their score terms and timings."""
         if not reqs:
             return []
-        check_requests(reqs, self.limits)
+        check_requests(reqs, self.limits, self.model.cfg.max_len - len(self.cat.user_fields) - 1)
         t0 = time.perf_counter()
         b = self.batch(reqs)
         t1 = time.perf_counter()
@@ -317,8 +317,12 @@ class Engine:
         return out
 
 
-def check_requests(reqs: list[ServeRequest], limits: dict[str, int]) -> None:
-    """Every field within what the model embeds; one GprInputError naming the first bad one."""
+def check_requests(
+    reqs: list[ServeRequest], limits: dict[str, int], window: int | None = None
+) -> None:
+    """Every field within what the model embeds; one GprInputError naming the first bad one.
+    `window`: only the journey's last `window` events are read (the model's), so only they are
+    checked (the HTTP schema has checked every event's types and ranges already)."""
     for i, r in enumerate(reqs):
         where = f"requests[{i}]"
         for f, key in USER_LIMIT.items():
@@ -328,7 +332,9 @@ def check_requests(reqs: list[ServeRequest], limits: dict[str, int]) -> None:
         if r.k < 1:
             raise GprInputError("k must be >= 1", field=f"{where}.k")
         last = -(2**62)
-        for e_i, e in enumerate(r.journey):
+        first = 0 if window is None else max(len(r.journey) - window, 0)
+        for e_i in range(first, len(r.journey)):
+            e = r.journey[e_i]
             at = f"{where}.journey[{e_i}]"
             if e.token_type not in ("O", "E", "I"):
                 raise GprInputError("token_type must be O, E or I", field=f"{at}.token_type")
