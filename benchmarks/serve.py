@@ -150,7 +150,7 @@ def cmd_engine(a: argparse.Namespace) -> list[dict[str, Any]]:
     print(f"{len(reqs)} test-day requests (day {day}), mean journey {mean:.0f} events", flush=True)
     modes = {"fixed": None, "guided": [f"serve.guide.weight={a.guide_weight}"]}
     engines = {
-        m: Engine.from_run(a.run, ads=a.ads, beam=a.beam, day=day, overrides=o)
+        m: Engine.from_run(a.run, ads=a.ads, beam=a.beam, day=day, overrides=o, device=a.device)
         for m, o in modes.items()
     }
     # the engine reads only the journey's last max_len - user tokens - 1 events: a client may send
@@ -636,6 +636,9 @@ def main() -> None:
     e.add_argument("--guide-weight", type=float, default=1.0)
     e.add_argument("--threads", type=int, nargs="+", default=[1, 2], help="torch threads")
     e.add_argument("--profile", action="store_true", help="cProfile 4 batches of 32 per beam")
+    e.add_argument(
+        "--device", default="cpu", help="cpu | cuda | auto (GPU: the static-trie decoding path)"
+    )
 
     c = sub.add_parser("catalogue", help="live catalogue build, memory, updates")
     run_args(c, required=False)

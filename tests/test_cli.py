@@ -205,3 +205,8 @@ def test_corrupt_datasets_exit_2(
 def test_an_unwritable_out_fails_before_the_work(out: str, tiny_world: Path) -> None:
     p = run_cli("simulate", "--policy", "logging", "--data", str(tiny_world), "--out", out)
     _one_line(p, 2, "cannot write here")
+
+
+@pytest.mark.parametrize(("device", "needle"), [("gpu", "unknown device"), ("cuda:0x", "device")])
+def test_a_bad_device_is_one_line(device: str, needle: str, runs: tuple[Path, Path]) -> None:
+    _one_line(run_cli("serve", "--run", str(runs[0]), "--device", device), 2, needle)

@@ -426,6 +426,7 @@ def serve_cmd(
         list[str] | None,
         typer.Option("--set", help="serving override of the run: serve.field=value"),
     ] = None,
+    device: Annotated[str, typer.Option("--device", help="cpu | cuda | auto")] = "cpu",
 ) -> None:
     """Serve a run over HTTP until SIGTERM / Ctrl-C: POST /v1/recommend, POST /v1/ads,
     GET /v1/ads/{id}, /healthz, /readyz, /metrics, /docs. Logs are JSON lines on stderr."""
@@ -441,7 +442,7 @@ def serve_cmd(
     try:
         set_threads(threads or None)
         setup_logging()
-        engine = Engine.from_run(run, ads=ads, beam=beam, day=day, overrides=sets)
+        engine = Engine.from_run(run, ads=ads, beam=beam, day=day, overrides=sets, device=device)
         settings = Settings(max_batch=max_batch, max_wait_ms=max_wait_ms)
         if not run_server(create_app(engine, settings), sock, settings):
             raise RuntimeError("the server did not start (see the log above)")

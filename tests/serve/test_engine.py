@@ -98,3 +98,23 @@ def test_bad_requests_name_the_field(served: Path, logs: LogData) -> None:
     req = logged_requests(logs, ids)[0]
     req.journey.append(Event("O", req.timestamp, item_id=10**9))
     assert engine.recommend([req])[0].ads
+
+
+def test_the_static_snapshot_path_serves_what_the_live_path_serves(
+    served: Path, logs: LogData
+) -> None:
+    """The GPU path (a Trie snapshot plus masks; here on CPU) = the live catalogue, and the
+    snapshot is remade after an update."""
+    ids, day = _test_day(logs, 12)
+    live = Engine.from_run(served, day=day, static=False)
+    snap = Engine.from_run(served, day=day, static=True)
+    reqs = logged_requests(logs, ids, k=1000)
+    a, b = live.recommend(reqs), snap.recommend(reqs)
+    for x, y in zip(a, b, strict=True):
+        assert [ad.item_id for ad in x.ads] == [ad.item_id for ad in y.ads]
+        torch.testing.assert_close(
+            torch.tensor([ad.score for ad in x.ads]), torch.tensor([ad.score for ad in y.ads])
+        )
+    top = b[0].ads[0].item_id
+    snap.catalogue.pause(top)
+    assert all(top not in [ad.item_id for ad in r.ads] for r in snap.recommend(reqs))

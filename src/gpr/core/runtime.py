@@ -14,6 +14,8 @@ from collections.abc import Iterator
 import torch
 from threadpoolctl import threadpool_limits
 
+from gpr.core.errors import GprInputError
+
 
 def set_threads(n: int | None) -> None:
     """Use n threads for torch's intra-op pool and for BLAS from now on (None: leave both)."""
@@ -38,7 +40,16 @@ def limit_threads(n: int | None) -> Iterator[None]:
 
 
 def torch_device(name: str) -> torch.device:
-    """`auto`: CUDA when available, else CPU; otherwise the named torch device."""
+    """`auto`: CUDA when available, else CPU; otherwise the named torch device (an unknown name,
+    or CUDA where there is none, is a GprInputError)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise GprInputError(
+            f"unknown device {name!r} (cpu | cuda | auto)", field="device"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise GprInputError("no CUDA device on this machine", field="device")
+    return dev

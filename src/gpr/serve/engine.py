@@ -41,6 +41,7 @@ from gpr.model.journey import (
 from gpr.model.prepare import Catalogue
 from gpr.model.registry import load_model
 from gpr.model.thoughts import window_thoughts
+from gpr.model.trie import Trie
 from gpr.policy.generative import serving_score
 from gpr.serve.catalogue import LiveCatalogue
 
@@ -132,9 +133,16 @@ class Engine:
         beam: int,
         score: ServeScore,
         guide: ValueGuide | None = None,
+        static: bool | None = None,
     ) -> None:
+        """`static`: decode in a snapshot of the catalogue as a `model.trie.Trie` on the model's
+        device, remade after every update, with per-request masks (default: on a GPU, whose
+        kernels should not call back into the CPU catalogue; on CPU the live trie is used)."""
         self.run, self.model, self.cat, self.catalogue = run, model.eval(), cat, catalogue
         self.beam, self.score, self.guide = beam, score, guide
+        self.device = next(model.parameters()).device
+        self.static = self.device.type != "cpu" if static is None else static
+        self._snapshot: tuple[int, Trie] | None = None
         if guide is not None and model.hte is None:
             raise GprInputError(
                 "the value-guided beam needs a run with HTE", file=run.path, field="serve.guide"
@@ -156,12 +164,15 @@ class Engine:
         beam: int | None = None,
         day: int | None = None,
         overrides: list[str] | None = None,
+        device: str = "cpu",
+        static: bool | None = None,
     ) -> Engine:
         """Load RUN (no training data); `ads`: an items.parquet whose ads replace the run's own;
         `day`: the catalogue's day (default: the run's world's last day, its test day);
-        `overrides`: `serve.field=value` items over the run's serve section."""
+        `overrides`: `serve.field=value` items over the run's serve section; `device`: where the
+        model runs (`auto`: CUDA when there is one); `static`: see `Engine`."""
         r = Run.load(run)
-        model, cat = load_model(r)
+        model, cat = load_model(r, device)
         if not isinstance(model, GPRModel):
             raise GprInputError(
                 f"serving needs a gpr or hstu run, not {r.model}", file=r.path, field="model"
@@ -178,7 +189,7 @@ class Engine:
         live = LiveCatalogue.from_run(r, Ads.from_items(table), day=day)
         serve = serve_config(r.info["config"], overrides)
         beam = beam or serve.beam or cfg.train.beam
-        return cls(r, model, cat, live, beam, serve.score, serve.guide)
+        return cls(r, model, cat, live, beam, serve.score, serve.guide, static)
 
     @property
     def info(self) -> dict[str, Any]:
@@ -193,6 +204,13 @@ class Engine:
             "catalogue_version": self.catalogue.version,
             "day": self.catalogue.day,
         }
+
+    def snapshot(self) -> Trie:
+        """The catalogue as a static trie on the model's device, remade when it has changed."""
+        version = self.catalogue.version
+        if self._snapshot is None or self._snapshot[0] != version:
+            self._snapshot = (version, self.catalogue.to_trie().to(self.device))
+        return self._snapshot[1]
 
     # --- requests -> tokens ---------------------------------------------------------------------
     def tokens(self, reqs: list[ServeRequest]) -> tuple[TokenStreams, np.ndarray]:
@@ -273,16 +291,28 @@ class Engine:
             [r.user.region for r in reqs],
         )
         with self._lock:
-            counts = live.eligibility(seg)
-            mask = live.mask_segments(seg) if self.model.item_head is not None else None
+            b = b.to(self.device)
             enc = self.model.encode(b)
-            items, logp = self.model.generate(b, live, self.beam, mask, counts, self.guide, enc)  # type: ignore[arg-type]
+            if self.static:
+                trie = self.snapshot()
+                mask = live.mask_segments(seg).to(self.device)
+                items, logp = self.model.generate(b, trie, self.beam, mask, None, self.guide, enc)
+            else:
+                counts = live.eligibility(seg)
+                heads = self.model.item_head is not None  # the item head reads a mask too
+                live_mask = live.mask_segments(seg) if heads else None
+                trie_like: Any = live  # the live catalogue stands in for the trie
+                items, logp = self.model.generate(
+                    b, trie_like, self.beam, live_mask, counts, self.guide, enc
+                )
+            items, logp = items.cpu(), logp.cpu()
             t2 = time.perf_counter()
             bid = live.bids(items)
             pctr = pcvr = None
             if self.model.hte is not None and not self.model.cfg.hte_side:
                 paths = live.paths[live.column(items).clamp(min=0)][..., : self.cat.sids.levels]
-                pctr, pcvr = self.model.hte_probs(b, paths, h=enc[0])
+                probs = self.model.hte_probs(b, paths.to(self.device), h=enc[0])
+                pctr, pcvr = probs[0].cpu(), probs[1].cpu()
             value = bid * pctr * pcvr if pctr is not None and pcvr is not None else None
             score = serving_score(self.score, items, logp, bid, value)
             order = score.argsort(dim=1, descending=True, stable=True)
