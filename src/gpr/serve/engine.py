@@ -26,11 +26,13 @@ import torch
 from gpr.core.config import GprConfig, ServeScore, ValueGuide, serve_config
 from gpr.core.errors import GprInputError
 from gpr.core.run import Run
-from gpr.data.schema import ITEMS, read_table
+from gpr.data.schema import ACTIONS, ITEMS, read_table
 from gpr.market.ads import AD_COLUMNS, Ads
 from gpr.market.journeys import TYPE_CODE, LogData
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import (
+    ENV_SIZES,
+    USER_FIELD_SIZES,
     USER_FIELDS,
     Batch,
     E,
@@ -50,17 +52,11 @@ USER_LIMIT = dict(
     zip(USER_FIELDS, ("age_bands", "genders", "regions", "activity_tiers"), strict=True)
 )
 ENV_LIMIT = dict(zip(ENV_FIELDS, ("scenes", "slots", "devices", "hours"), strict=True))
-# value ranges of the request fields the model embeds (model.journey.USER_FIELD_SIZES, ENV_SIZES)
+# value ranges of the request fields the model embeds
 LIMITS = {
-    "age_bands": 5,
-    "genders": 2,
-    "regions": 6,
-    "activity_tiers": 3,
-    "scenes": 3,
-    "slots": 6,
-    "devices": 3,
-    "hours": 24,
-    "actions": 3,
+    **dict(zip(USER_LIMIT.values(), USER_FIELD_SIZES, strict=True)),
+    **dict(zip(ENV_LIMIT.values(), ENV_SIZES, strict=True)),
+    "actions": len(ACTIONS),
 }
 
 

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
+from gpr.serve.engine import LIMITS
+
 MAX_ITEM_ID = (1 << 40) - 1  # serve.catalogue.MAX_ITEM_ID - 1
 MAX_TIMESTAMP = 1 << 40  # seconds; far past any real clock, far below int64
 MAX_DAY = 1 << 20
@@ -22,17 +24,7 @@ MAX_PATH = 16  # codes per semantic-ID path (levels + the de-dup index)
 MAX_EMBEDDING = 4096
 
 # The engine's limits the schemas use, with the ad world's values when the engine gives none.
-DEFAULT_LIMITS: dict[str, int] = {
-    "age_bands": 5,
-    "genders": 2,
-    "regions": 6,
-    "activity_tiers": 3,
-    "scenes": 3,
-    "slots": 6,
-    "devices": 3,
-    "hours": 24,
-    "actions": 3,
-}
+DEFAULT_LIMITS: dict[str, int] = dict(LIMITS)
 
 
 class _In(BaseModel):
