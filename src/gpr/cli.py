@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from gpr.core.config import GprConfig, load_config
+from gpr.core.config import GprConfig, error_line, load_config
 from gpr.core.errors import GprInputError
 
 app = typer.Typer(
@@ -276,7 +277,12 @@ def _resume(run: Path) -> dict[str, Any]:
     from gpr.train.mtp import train
 
     cmd = read_command(run)
-    cfg = GprConfig.model_validate(cmd["config"])
+    try:
+        cfg = GprConfig.model_validate(cmd["config"])
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(["config", *(str(p) for p in err["loc"])])
+        raise GprInputError(error_line(err), file=run, field=loc) from None
     summary = train(cmd["data"], cmd["sids"], cfg, run, cmd["model"], resume=True)
     return {k: summary[k] for k in ("model", "best", "epochs_run", "seconds", "parameters")}
 

@@ -71,3 +71,22 @@ def test_resume_without_a_checkpoint_or_with_other_options(tmp_path: Path) -> No
     assert p.returncode == 2 and "no checkpoint to resume" in p.stderr
     p = run_cli("train", "--resume", str(tmp_path / "nothing"), "--preset", "tiny")
     assert p.returncode == 2 and "takes no other option" in p.stderr
+
+
+def test_a_damaged_checkpoint_is_one_line(tmp_path: Path) -> None:
+    ck = tmp_path / "r.ckpt"
+    ck.mkdir()
+    full = {"format": 1, "command": {"stage": "mtp", "config": {"train": {"epochs": "x"}}}}
+    full |= {k: 0 for k in ("epoch", "step", "losses", "log", "best", "bad_epochs")}
+    full |= {k: {} for k in ("scheduler", "numpy_rng", "param_groups", "opt_scalars")}
+    for meta, needle in (
+        ({"format": 1}, "field 'command': the checkpoint is incomplete"),
+        ({"format": 9}, "checkpoint format 9"),
+        ({**full, "command": {"stage": "dpo"}}, "not an MTP training command"),
+        (full, "config.train.epochs"),
+    ):
+        (ck / "state.json").write_text(json.dumps(meta))
+        p = run_cli("train", "--resume", str(tmp_path / "r"))
+        assert p.returncode == 2 and needle in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+    assert not (tmp_path / "r").exists()

@@ -31,6 +31,19 @@ from gpr.core.io import read_json, read_tensors, remove_stale_temps, write_json
 
 STATE, META, BEST = "state.safetensors", "state.json", "best.safetensors"
 FORMAT = 1
+META_KEYS = (
+    "command",
+    "epoch",
+    "step",
+    "losses",
+    "log",
+    "best",
+    "bad_epochs",
+    "scheduler",
+    "numpy_rng",
+    "param_groups",
+    "opt_scalars",
+)
 
 
 def checkpoint_dir(out: str | Path) -> Path:
@@ -126,8 +139,11 @@ def load_checkpoint(
     meta = _meta(ck)
     t = read_tensors(ck / STATE)
     state = {k[len("model.") :]: v for k, v in t.items() if k.startswith("model.")}
-    res = model.load_state_dict(state, strict=True)
-    del res
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        msg = str(e).splitlines()[0]
+        raise GprInputError(f"the weights do not fit the model ({msg})", file=ck / STATE) from None
     per: dict[int, dict[str, Any]] = {}
     for k, v in t.items():
         if k.startswith("opt."):
@@ -162,6 +178,12 @@ def _meta(ck: Path) -> dict[str, Any]:
     meta = read_json(ck / META)
     if meta.get("format") != FORMAT:
         raise GprInputError(f"checkpoint format {meta.get('format')!r}, expected {FORMAT}", file=ck)
+    missing = [k for k in META_KEYS if k not in meta]
+    if missing:
+        raise GprInputError("the checkpoint is incomplete", file=ck / META, field=missing[0])
+    cmd = meta["command"]
+    if not isinstance(cmd, dict) or cmd.get("stage") != "mtp" or "config" not in cmd:
+        raise GprInputError("not an MTP training command", file=ck / META, field="command")
     return meta
 
 
