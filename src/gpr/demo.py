@@ -162,9 +162,10 @@ def _run_demo(cfg: GprConfig, out: Path, shared: Path, beauty: bool) -> dict[str
     st.rows.append(("wait for the 2nd process", waited, ""))
     cal, cm = base["calibration"], base["cascade"]
     business: dict[str, dict[str, Any]] = {**base["business"], POLICIES[3]: g}
-    con.print(_business_table(business))
     note = _note(business, gpr["epochs_run"], cfg.preset, beam)
-    con.print(f"[bold]Note:[/] {note}")
+    if beauty:  # Beauty takes minutes more: show the table now too (it closes the demo anyway)
+        con.print(_business_table(business))
+        con.print(f"[bold]Note:[/] {note}")
 
     bm: dict[str, Any] | None = None
     if beauty:
