@@ -8,11 +8,13 @@ an "ad index" is a position in that set.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 
 from gpr.core.errors import GprInputError
+from gpr.data.schema import ITEMS, read_table
 
 # centres of the ads' log price and log bid in the features that read them (the world's price
 # is LogNormal(3.5, 0.8); the mean log bid is 3.5 + E log U(0.1, 0.4) ≈ 2.05): the cascade's
@@ -33,6 +35,14 @@ AD_COLUMNS = (
     "category",
     "subtopic",
 )
+
+# the columns an ad table holds (a run's catalogue/ads.parquet, or an items.parquet's ad rows)
+AD_TABLE_COLUMNS = ("item_id", "kind", *AD_COLUMNS)
+
+
+def read_ad_table(path: Path) -> pa.Table:
+    """The ad columns of a Parquet file (a run's ads.parquet, or an items.parquet), checked."""
+    return read_table(path, {k: ITEMS[k] for k in AD_TABLE_COLUMNS})
 
 
 @dataclass(frozen=True)

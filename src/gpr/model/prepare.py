@@ -17,8 +17,8 @@ from gpr.core.config import ModelConfig
 from gpr.core.errors import GprInputError
 from gpr.core.io import read_json, read_tensors, write_json, write_parquet
 from gpr.core.run import CATALOGUE
-from gpr.data.schema import ITEMS, Dataset, load_dataset, read_table
-from gpr.market.ads import AD_COLUMNS, Ads
+from gpr.data.schema import Dataset, load_dataset
+from gpr.market.ads import AD_TABLE_COLUMNS, Ads, read_ad_table
 from gpr.market.policy import RequestBatch
 from gpr.model.journey import (
     USER_FIELDS,
@@ -161,7 +161,7 @@ class Catalogue:
         kind = ds.col("items", "kind").astype(str)
         if (kind == "ad").any() and np.isfinite(ds.col("items", "bid")[kind == "ad"]).all():
             rows = np.nonzero(kind == "ad")[0]
-            cat.ads = ds.items.select(["item_id", "kind", *AD_COLUMNS]).take(pa.array(rows))
+            cat.ads = ds.items.select(list(AD_TABLE_COLUMNS)).take(pa.array(rows))
         cat.user_fields = tuple(known_user_fields(ds))
         cat.engaged_only = bool((ds.col("events", "token_type").astype(str) == "E").any())
         if mcfg.thought_tokens > 0:
@@ -226,8 +226,7 @@ class Catalogue:
             t.get("content_table"),
         )
         if (path / ADS).is_file():
-            cols = ("item_id", "kind", *AD_COLUMNS)
-            cat.ads = read_table(path / ADS, {k: ITEMS[k] for k in cols})
+            cat.ads = read_ad_table(path / ADS)
         if (path / SERVING).is_file():
             meta = read_json(path / SERVING)
             fields = meta.get("user_fields")

@@ -26,9 +26,10 @@ import torch
 from gpr.core.config import GprConfig, ServeScore, ValueGuide, serve_config
 from gpr.core.errors import GprInputError
 from gpr.core.run import Run
-from gpr.data.schema import ACTIONS, ITEMS, read_table
-from gpr.market.ads import AD_COLUMNS, Ads
+from gpr.data.schema import ACTIONS
+from gpr.market.ads import Ads, read_ad_table
 from gpr.market.journeys import TYPE_CODE, LogData
+from gpr.market.policy import ENV_FIELDS
 from gpr.model.gpr import GPRModel
 from gpr.model.journey import (
     ENV_SIZES,
@@ -47,7 +48,6 @@ from gpr.model.trie import Trie
 from gpr.policy.generative import serving_score
 from gpr.serve.catalogue import LiveCatalogue
 
-ENV_FIELDS = ("scene", "slot", "device", "hour")
 USER_LIMIT = dict(
     zip(USER_FIELDS, ("age_bands", "genders", "regions", "activity_tiers"), strict=True)
 )
@@ -173,7 +173,7 @@ class Engine:
             raise GprInputError(
                 f"serving needs a gpr or hstu run, not {r.model}", file=r.path, field="model"
             )
-        table = cat.ads if ads is None else _read_ads(Path(ads))
+        table = cat.ads if ads is None else read_ad_table(Path(ads))
         if table is None:
             raise GprInputError(
                 "the run holds no ads (not trained on an ad world); pass --ads ITEMS.parquet",
@@ -381,12 +381,6 @@ def check_requests(
 def _in_range(v: int, size: int, name: str) -> None:
     if not 0 <= v < size:
         raise GprInputError(f"must be in 0..{size - 1}, got {v}", field=name)
-
-
-def _read_ads(path: Path) -> Any:
-    """The ads (kind == 'ad') of an items.parquet, with their targeting, flight, bid and budget."""
-    cols = ("item_id", "kind", *AD_COLUMNS)
-    return read_table(path, {k: ITEMS[k] for k in cols})
 
 
 def logged_requests(logs: LogData, request_ids: np.ndarray, k: int = 10) -> list[ServeRequest]:
